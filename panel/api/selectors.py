@@ -1,0 +1,98 @@
+"""Reading what a token may see: a billing token every customer's services, a customer token
+only its own. Anything else is "not found", never "forbidden" (no existence leak)."""
+
+from __future__ import annotations
+
+from django.db import connection
+from django.db.models import OuterRef, QuerySet, Subquery
+from rest_framework.exceptions import NotFound
+
+from panel.accounts.models import Customer
+from panel.api.models import ApiToken
+from panel.catalog.models import Image, Plan
+from panel.hosts.models import IpAddress
+from panel.instances.models import Instance, Operation
+
+
+def _with_addresses(qs: QuerySet[Instance]) -> QuerySet[Instance]:
+    """The instances' IPv4 addresses in the same query on PostgreSQL (``ipv4_list``); a
+    prefetch elsewhere. Reading one service is the API's hottest path."""
+    if connection.vendor != "postgresql":
+        return qs.prefetch_related("ip_addresses")
+    from django.contrib.postgres.aggregates import ArrayAgg  # noqa: PLC0415 (PostgreSQL only)
+
+    addresses = (
+        IpAddress.objects.filter(instance_id=OuterRef("pk")).order_by().values("instance_id")
+        .annotate(all=ArrayAgg("address", order_by=("pool_id", "id"))).values("all")
+    )
+    return qs.annotate(ipv4_list=Subquery(addresses))
+
+
+def visible_services(token: ApiToken) -> QuerySet[Instance]:
+    qs = _with_addresses(Instance.objects.select_related("host", "customer"))
+    if token.is_billing:
+        return qs
+    return qs.filter(customer_id=token.customer_id)
+
+
+def get_service(token: ApiToken, pk: int) -> Instance:
+    instance = visible_services(token).filter(pk=pk).first()
+    if instance is None:
+        raise NotFound("No such service.")
+    return instance
+
+
+def filter_services(
+    token: ApiToken, *, external_id: str | None = None, customer: str | None = None,
+    state: str | None = None,
+) -> QuerySet[Instance]:
+    qs = visible_services(token)
+    if external_id is not None:
+        qs = qs.filter(external_id=external_id)
+    if customer is not None:
+        match = Customer.objects.filter(external_id=customer).values("pk").first()
+        if match is None and customer.isascii() and customer.isdigit() and len(customer) < 19:
+            match = {"pk": int(customer)}
+        qs = qs.filter(customer_id=match["pk"]) if match else qs.none()
+    if state is not None:
+        qs = qs.filter(state=state)
+    return qs
+
+
+def create_operation_id(instance: Instance) -> int | None:
+    return (
+        instance.operations.filter(action=Operation.Action.CREATE)
+        .order_by("created_at", "id").values_list("pk", flat=True).first()
+    )
+
+
+def get_operation(token: ApiToken, pk: int) -> Operation:
+    qs = Operation.objects.all()
+    if not token.is_billing:
+        qs = qs.filter(instance__customer_id=token.customer_id)
+    operation = qs.filter(pk=pk).first()
+    if operation is None:
+        raise NotFound("No such operation.")
+    return operation
+
+
+def get_customer(pk: int) -> Customer:
+    customer = Customer.objects.select_related("user").filter(pk=pk).first()
+    if customer is None:
+        raise NotFound("No such customer.")
+    return customer
+
+
+def filter_customers(*, external_id: str | None = None) -> QuerySet[Customer]:
+    qs = Customer.objects.select_related("user").order_by("id")
+    if external_id is not None:
+        qs = qs.filter(external_id=external_id)
+    return qs
+
+
+def active_plans() -> QuerySet[Plan]:
+    return Plan.objects.filter(is_active=True)
+
+
+def active_images() -> QuerySet[Image]:
+    return Image.objects.filter(is_active=True)

@@ -1,0 +1,46 @@
+"""What can be ordered: plans (sizes and prices) and images, each for one kind of instance."""
+
+from django.db import models
+
+
+class InstanceKind(models.TextChoices):
+    CONTAINER = "container", "Container"
+    VM = "vm", "Virtual machine"
+
+
+class Plan(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=20, choices=InstanceKind.choices)
+    vcpus = models.PositiveSmallIntegerField()
+    memory_mib = models.PositiveIntegerField()
+    disk_gib = models.PositiveIntegerField()
+    pids_max = models.PositiveIntegerField(default=512, help_text="Containers: process limit.")
+    price_hourly = models.DecimalField(max_digits=10, decimal_places=4, default=0)
+    price_monthly = models.DecimalField(max_digits=10, decimal_places=2, default=0)
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["kind", "memory_mib", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Image(models.Model):
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=20, choices=InstanceKind.choices)
+    path = models.CharField(max_length=500, help_text="Directory in the image store.")
+    size_bytes = models.BigIntegerField(default=0)
+    checksum = models.CharField(max_length=100, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["kind", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "kind"], name="image_unique_name_per_kind"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_kind_display()})"

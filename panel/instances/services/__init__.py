@@ -1,0 +1,1 @@
+"""Everything that changes instances: ordering, actions, and what hosts report back."""

@@ -1,0 +1,219 @@
+"""Issue 3's isolation list, each looked at from inside a container and from the host."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from workers.drivers.container.state import ContainerPaths, root_uid
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def pair(ct_driver, make_spec):
+    """Two running containers of different customers (no shared network group)."""
+    specs = [make_spec(), make_spec()]
+    for spec in specs:
+        ct_driver.create(spec)
+    yield specs
+    for spec in specs:
+        ct_driver.destroy(spec)
+
+
+def _host(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True).stdout
+
+
+async def test_user_ranges_are_per_container_and_disjoint(pair, ct_driver, ct_host, attach):
+    ranges = []
+    for spec in pair:
+        pid = ct_driver.status(spec.uuid).pid
+        inside, outside, count = map(int, Path(f"/proc/{pid}/uid_map").read_text().split())
+        assert (inside, outside, count) == (0, root_uid(ct_host, spec.uid_slot), 65536)
+        ranges.append(range(outside, outside + count))
+        console = await attach(spec.uuid)
+        assert (await console.run("cat /proc/self/uid_map")).split() == ["0", str(outside), "65536"]
+        # the shared image is host root's, yet inside it belongs to the container's root
+        assert (await console.run("stat -c '%u %g' /bin/busybox")).strip() == "0 0"
+    assert not set(ranges[0]) & set(ranges[1])
+    assert Path(ct_driver._image_rootfs(pair[0]), "bin/busybox").stat().st_uid == 0
+
+
+async def test_pid_namespace_hides_the_host_and_other_containers(pair, ct_driver, attach):
+    a, b = [await attach(spec.uuid) for spec in pair]
+    await a.run("sleep 4321 & true")
+    seen_by_b = await b.run("ps -o pid,args")
+    assert "4321" not in seen_by_b
+    pids = [int(p) for p in (await b.run("ls /proc | grep -E '^[0-9]+$'")).split()]
+    assert 1 in pids and max(pids) < 100 and len(pids) < 10
+    host_pid_of_a = ct_driver.status(pair[0].uuid).pid
+    assert "No such process" in await b.run(f"kill -0 {host_pid_of_a} 2>&1")
+    nspid = re.search(r"NSpid:\s+(\d+)\s+(\d+)", Path(f"/proc/{host_pid_of_a}/status").read_text())
+    assert nspid and nspid.groups() == (str(host_pid_of_a), "1")
+
+
+async def test_mounts_stay_inside_and_the_host_tree_is_unreachable(pair, ct_host, ct_root, attach):
+    a, b = [await attach(spec.uuid) for spec in pair]
+    assert set((await a.run("ls /")).split()) <= {
+        "bin", "sbin", "usr", "etc", "root", "tmp", "var", "home", "mnt", "proc", "sys", "dev", "run"}
+    mounts = await a.run("cat /proc/self/mountinfo")
+    assert str(ct_root) not in mounts and "/work/main" not in mounts  # no host path shows
+    assert "shared:" not in mounts and "master:" not in mounts  # no propagation either way
+    await a.run("mount -t tmpfs none /mnt && touch /mnt/inside")
+    assert "/mnt" not in _host("cat", "/proc/self/mountinfo").split()
+    assert (await b.run("ls /mnt")).strip() == ""
+    await a.run("rm /bin/ls")  # a whiteout in a's layer; the shared image is read-only
+    assert (Path(ct_host.image_dir) / "busybox/rootfs/bin/ls").is_symlink()
+    assert "/bin/ls" in await b.run("which ls")
+
+
+async def test_hostname_changes_stay_inside(pair, attach):
+    a, b = [await attach(spec.uuid) for spec in pair]
+    before = socket.gethostname()
+    await a.run("hostname renamed-inside")
+    assert (await a.run("hostname")).strip() == "renamed-inside"
+    assert socket.gethostname() == before
+    assert (await b.run("hostname")).strip() == pair[1].hostname
+
+
+IPC_HELPER = r"""
+#include <fcntl.h>
+#include <mqueue.h>
+#include <stdio.h>
+#include <sys/msg.h>
+int main(void) {
+    int id = msgget(0x4242, IPC_CREAT | 0600);
+    mqd_t q = mq_open("/berth-mq", O_CREAT | O_RDWR, 0600, NULL);
+    printf("msg=%d mq=%d\n", id, (int)q);
+    return id < 0 || q == (mqd_t)-1;
+}
+"""
+
+
+def _copy_in(driver, host, spec, source: Path, dest: str) -> None:
+    """Copy a host file into a running container, created with its root's uid (host root's uid 0
+    is not mapped in the container, so its overlay refuses files owned by it)."""
+    pid, uid = driver.status(spec.uuid).pid, root_uid(host, spec.uid_slot)
+    data = source.read_bytes()
+    child = os.fork()
+    if child == 0:  # pragma: no cover
+        code = 1
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.setfsgid(uid)
+            libc.setfsuid(uid)  # keeps CAP_SYS_PTRACE, needed for /proc/<pid>/root
+            target = Path(f"/proc/{pid}/root/{dest}")
+            target.write_bytes(data)
+            target.chmod(0o755)
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+
+
+@pytest.fixture(scope="module")
+def ipc_helper(tmp_path_factory) -> Path:
+    """busybox has no ipcmk: a static program that makes a SysV queue and a POSIX queue."""
+    src = tmp_path_factory.mktemp("ipc") / "ipc.c"
+    src.write_text(IPC_HELPER)
+    subprocess.run(["cc", "-static", "-O2", "-o", str(src.with_suffix("")), str(src)], check=True)
+    return src.with_suffix("")
+
+
+async def test_ipc_objects_are_invisible_across_containers_and_from_the_host(
+        pair, ct_driver, ct_host, ipc_helper, attach):
+    a, b = [await attach(spec.uuid) for spec in pair]
+    _copy_in(ct_driver, ct_host, pair[0], ipc_helper, "tmp/ipc")
+    assert "msg=" in await a.run("/tmp/ipc")
+    key = str(0x4242)
+    assert key in (await a.run("cat /proc/sysvipc/msg")).split()
+    assert "berth-mq" in await a.run("ls /dev/mqueue")
+    assert key not in (await b.run("cat /proc/sysvipc/msg")).split()
+    assert (await b.run("ls /dev/mqueue")).strip() == ""
+    assert key not in Path("/proc/sysvipc/msg").read_text().split()
+
+
+async def test_network_stack_is_its_own(pair, attach):
+    console = await attach(pair[0].uuid)
+    assert (await console.run("ls /sys/class/net")).split() == ["eth0", "lo"]
+    assert (await console.run("ip -o link | wc -l")).strip() == "2"
+
+
+async def test_cgroup_namespace_roots_at_the_container(pair, attach):
+    console = await attach(pair[0].uuid)
+    lines = (await console.run("cat /proc/self/cgroup")).split()
+    assert lines and all(line.endswith(":/") for line in lines)
+
+
+async def test_proc_and_sys_do_not_reveal_the_host(pair, attach):
+    console = await attach(pair[0].uuid)
+    masked = "/proc/kcore /proc/keys /proc/timer_list /proc/sched_debug"
+    assert (await console.run(f"cat {masked} 2>/dev/null | wc -c")).strip() == "0"
+    assert (await console.run("ls /sys/firmware | wc -l")).strip() == "0"
+    assert (await console.run("ls /sys/fs/cgroup | wc -l")).strip() == "0"
+    assert "Read-only file system" in await console.run("touch /sys/kernel/x 2>&1")
+    assert "Permission denied" in await console.run("echo 1 > /proc/sys/vm/drop_caches 2>&1")
+
+
+def _ping_from(out: str) -> bool:
+    return " 0% packet loss" in out
+
+
+async def test_containers_of_different_customers_cannot_reach_each_other(ct_driver, make_spec, attach):
+    alice1, alice2, bob = (make_spec(extra={"network_group": "alice"}),
+                           make_spec(extra={"network_group": "alice"}), make_spec())
+    specs = [alice1, alice2, bob]
+    try:
+        for spec in specs:
+            await asyncio.to_thread(ct_driver.create, spec)
+        a1, a2, b = [await attach(spec.uuid) for spec in specs]
+        assert _ping_from(await a1.run(f"ping -c 1 -W 1 {alice2.network.address}"))
+        assert _ping_from(await a2.run(f"ping -c 1 -W 1 {alice1.network.address}"))
+        assert not _ping_from(await b.run(f"ping -c 1 -W 1 {alice1.network.address}"))
+        assert not _ping_from(await a1.run(f"ping -c 1 -W 1 {bob.network.address}"))
+        for spec in specs:  # the host (gateway) reaches everyone
+            assert subprocess.run(["busybox", "ping", "-c", "1", "-W", "2", spec.network.address],
+                                  capture_output=True).returncode == 0
+    finally:
+        for spec in specs:
+            await asyncio.to_thread(ct_driver.destroy, spec)
+
+
+async def test_a_container_cannot_take_another_address_or_mac(pair, ct_host, attach):
+    a = await attach(pair[0].uuid)
+    gateway, own = ct_host.gateway, pair[0].network.address
+    victim = pair[1].network
+    assert _ping_from(await a.run(f"ping -c 1 -W 1 {gateway}"))
+    await a.run(f"ip addr add {victim.address}/32 dev eth0")
+    assert not _ping_from(await a.run(f"ping -c 1 -W 1 -I {victim.address} {gateway}"))
+    # a gratuitous ARP claiming the neighbour's address must not reach the host's cache
+    await a.run(f"arping -U -c 2 -I eth0 -s {victim.address} {victim.address}")
+    assert pair[0].network.mac not in _host("ip", "neigh", "show", victim.address)
+    await a.run(f"ip addr del {victim.address}/32 dev eth0")
+    await a.run("ip link set eth0 address 02:de:ad:be:ef:01; ip neigh flush all")
+    assert not _ping_from(await a.run(f"ping -c 1 -W 1 {gateway}"))
+    await a.run(f"ip link set eth0 address {pair[0].network.mac}; ip neigh flush all")
+    assert _ping_from(await a.run(f"ping -c 1 -W 2 {gateway}"))
+    assert own in await a.run("ip -4 addr show eth0")
+
+
+def test_firewall_rules_go_with_the_container(ct_driver, make_spec):
+    from workers.drivers.container import firewall
+    from workers.drivers.container.state import veth_name
+
+    spec = make_spec(extra={"network_group": "solo-group"})
+    ct_driver.create(spec)
+    table = _host("nft", "list", "table", "bridge", firewall.table_name(ct_driver.host))
+    assert f"ct_{veth_name(spec.uuid)}" in table and firewall.group_chain("solo-group") in table
+    ct_driver.destroy(spec)
+    table = _host("nft", "list", "table", "bridge", firewall.table_name(ct_driver.host))
+    assert veth_name(spec.uuid) not in table and firewall.group_chain("solo-group") not in table
+    assert not ContainerPaths.of(ct_driver.host, spec.uuid).dir.exists()

@@ -1,0 +1,200 @@
+"""The host bridge's firewall (nftables, bridge family): anti-spoofing and network groups.
+
+One table per Berth host, ``bridge berth_<host>``. Frames entering the bridge from a
+container's port jump to that port's chain, which drops anything not sent from the container's
+own MAC and IPv4 address (ARP included), anything that is neither IPv4 nor ARP, and attempts to
+have the host route to a neighbour on the bridge. Frames forwarded between ports only pass
+within a *network group*: ``spec.extra["network_group"]`` (e.g. the customer's id), by default
+the container alone, so containers of different customers cannot reach each other.
+
+    chain prerouting  (hook prerouting)  iifname vmap @spoofcheck  "bv…" : jump ct_bv…
+    chain forward     (hook forward)     iifname vmap @groupof     "bv…" : jump g_<group>
+    chain g_<group>                      oifname @g_<group> accept; drop
+
+nftables is driven in-process through libnftables (what the nft command is built on): a
+transaction costs well under a millisecond, against 8-20 ms for running nft.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import ipaddress
+import json
+import re
+
+from workers.drivers.base import DriverError, HostConfig, NetworkSpec
+from workers.drivers.container.network import bridge_mac
+
+
+def table_name(host: HostConfig) -> str:
+    return "berth_" + re.sub(r"[^A-Za-z0-9_]", "_", host.name)
+
+
+def group_chain(group: str) -> str:
+    return "g_" + hashlib.sha256(group.encode()).hexdigest()[:16]
+
+
+_NFT_CTX_OUTPUT_JSON = 1 << 4
+
+
+@functools.cache
+def libnftables() -> ctypes.CDLL:
+    """The library, loaded once per process (~10 ms): the driver loads it before forking."""
+    try:
+        lib = ctypes.CDLL("libnftables.so.1")
+    except OSError as exc:
+        raise DriverError("libnftables is missing: install Debian's nftables") from exc
+    lib.nft_ctx_new.restype = ctypes.c_void_p
+    lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+    for name in ("nft_ctx_free", "nft_ctx_buffer_output", "nft_ctx_buffer_error"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+    lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+        getattr(lib, name).restype = ctypes.c_char_p
+    # the first context of a process initializes libnftables' tables: do it before any fork
+    lib.nft_ctx_free(lib.nft_ctx_new(0))
+    return lib
+
+
+def _run(script: str, *, as_json: bool = False) -> tuple[int, str, str]:
+    """Run nft commands as one transaction: (status, output, errors)."""
+    lib = libnftables()
+    ctx = lib.nft_ctx_new(0)
+    try:
+        lib.nft_ctx_buffer_output(ctx)
+        lib.nft_ctx_buffer_error(ctx)
+        if as_json:
+            lib.nft_ctx_output_set_flags(ctx, _NFT_CTX_OUTPUT_JSON)
+        status = lib.nft_run_cmd_from_buffer(ctx, script.encode())
+        output = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
+        errors = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
+        return status, output, errors
+    finally:
+        lib.nft_ctx_free(ctx)
+
+
+def _nft(script: str, what: str) -> None:
+    status, _, errors = _run(script)
+    if status != 0:
+        lines = [line for line in errors.splitlines() if "Error" in line]
+        raise DriverError(f"{what}: {lines[0] if lines else errors.strip()}")
+
+
+def _table(host: HostConfig) -> dict | None:
+    """The table as nft's JSON objects, or None if it does not exist."""
+    status, output, _ = _run(f"list table bridge {table_name(host)}", as_json=True)
+    return json.loads(output) if status == 0 else None
+
+
+def _exists(what: str) -> bool:
+    """Whether an nft object exists, e.g. "chain bridge berth_x ct_bv…" (a cheap read)."""
+    return _run(f"list {what}")[0] == 0
+
+
+def _table_script(host: HostConfig) -> str:
+    t = f"bridge {table_name(host)}"
+    return f"""
+add table {t}
+add map {t} spoofcheck {{ type ifname : verdict; }}
+add map {t} groupof {{ type ifname : verdict; }}
+add chain {t} prerouting {{ type filter hook prerouting priority -200; policy accept; }}
+add rule {t} prerouting iifname vmap @spoofcheck
+add chain {t} forward {{ type filter hook forward priority -200; policy accept; }}
+add rule {t} forward iifname vmap @groupof
+"""
+
+
+def ensure_table(host: HostConfig) -> None:
+    """Create the host's table in one transaction unless it exists. Only additions: in
+    nftables, replacing or deleting rules costs an RCU grace period (~15 ms) per commit."""
+    if not _exists(f"table bridge {table_name(host)}"):
+        _nft(_table_script(host), f"cannot set up the bridge firewall of host {host.name}")
+
+
+def delete_table(host: HostConfig) -> None:
+    if _table(host) is not None:
+        _nft(f"delete table bridge {table_name(host)}\n",
+             f"cannot remove the bridge firewall of host {host.name}")
+
+
+def add_port(host: HostConfig, ifname: str, net: NetworkSpec, group: str) -> None:
+    """Rules for the container port ``ifname`` (before the port exists: no unguarded moment)."""
+    t, chain, g = f"bridge {table_name(host)}", f"ct_{ifname}", group_chain(group)
+    subnet = ipaddress.ip_interface(f"{host.gateway}/{host.prefixlen}").network
+    ensure_table(host)
+    if _exists(f"chain {t} {chain}"):  # left by a container that died unnoticed
+        remove_port(host, ifname)
+    script = f"""
+add chain {t} {chain}
+add rule {t} {chain} ether saddr != {net.mac} drop
+add rule {t} {chain} ether type arp arp saddr ether != {net.mac} drop
+add rule {t} {chain} ether type arp arp saddr ip != {net.address} drop
+add rule {t} {chain} ether type ip ip saddr != {net.address} drop
+add rule {t} {chain} ether type ip ether daddr {bridge_mac(host.bridge)} ip daddr {subnet} ip daddr != {host.gateway} drop
+add rule {t} {chain} ether type != {{ ip, arp }} drop
+"""
+    if not _exists(f"chain {t} {g}"):
+        script += f"""
+add set {t} {g} {{ type ifname; }}
+add chain {t} {g}
+add rule {t} {g} oifname @{g} accept
+add rule {t} {g} drop
+"""
+    script += f"""
+add element {t} {g} {{ "{ifname}" }}
+add element {t} spoofcheck {{ "{ifname}" : jump {chain} }}
+add element {t} groupof {{ "{ifname}" : jump {g} }}
+"""
+    _nft(script, f"cannot install the firewall rules of {ifname}")
+
+
+def remove_port(host: HostConfig, ifname: str) -> None:
+    """Remove a port's rules, and its group's chain and set once empty. Idempotent."""
+    objects = _table(host)
+    if objects is None:
+        return
+    t, chain = f"bridge {table_name(host)}", f"ct_{ifname}"
+    maps, sets, chains = {}, {}, set()
+    for obj in objects.get("nftables", []):
+        if "map" in obj:
+            maps[obj["map"]["name"]] = {_key(e): e for e in obj["map"].get("elem", [])}
+        elif "set" in obj:
+            sets[obj["set"]["name"]] = [_key(e) for e in obj["set"].get("elem", [])]
+        elif "chain" in obj:
+            chains.add(obj["chain"]["name"])
+    lines = []
+    for name in ("spoofcheck", "groupof"):
+        if ifname in maps.get(name, {}):
+            lines.append(f'delete element {t} {name} {{ "{ifname}" }}')
+    for name, members in sets.items():
+        if ifname in members:
+            lines.append(f'delete element {t} {name} {{ "{ifname}" }}')
+            in_use = any(_target(e) == name for k, e in maps.get("groupof", {}).items() if k != ifname)
+            if members == [ifname] and not in_use:
+                lines += [f"delete chain {t} {name}", f"delete set {t} {name}"]
+    if chain in chains:
+        lines.append(f"delete chain {t} {chain}")
+    if lines:
+        _nft("\n".join(lines) + "\n", f"cannot remove the firewall rules of {ifname}")
+
+
+def port_chains(host: HostConfig) -> list[str]:
+    """Names of the per-port chains in the host's table ("ct_bv…")."""
+    objects = _table(host) or {}
+    return [obj["chain"]["name"] for obj in objects.get("nftables", [])
+            if "chain" in obj and obj["chain"]["name"].startswith("ct_")]
+
+
+def _key(elem: object) -> str:
+    """Element key in nft's JSON: "name", or ["name", verdict] for map entries."""
+    return elem[0] if isinstance(elem, list) else str(elem)
+
+
+def _target(elem: object) -> str | None:
+    if isinstance(elem, list) and isinstance(elem[1], dict) and "jump" in elem[1]:
+        return elem[1]["jump"]["target"]
+    return None

@@ -1,0 +1,1 @@
+"""VM driver for Berth: libvirt domains (see README.md)."""

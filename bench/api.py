@@ -105,12 +105,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, workers: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "uvicorn"), "panel.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", str(workers), "--no-access-log", "--log-level", "warning"],
-        cwd=REPO, env=ENV, start_new_session=True,
-    )
+def server_command(server: str, port: int, workers: int) -> list[str]:
+    """uvicorn serves HTTP and WebSockets (ASGI); gunicorn serves plain HTTP through WSGI, as in
+    the production layout (deploy/), where nginx sends /ws/ to uvicorn and the rest to gunicorn."""
+    if server == "gunicorn":
+        return [str(VENV_BIN / "gunicorn"), "panel.wsgi:application", "--bind", f"127.0.0.1:{port}",
+                "--workers", str(workers), "--worker-class", "gthread", "--threads", "8",
+                "--keep-alive", "75", "--log-level", "warning"]
+    return [str(VENV_BIN / "uvicorn"), "panel.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
+
+
+def start_server(server: str, port: int, workers: int) -> subprocess.Popen:
+    proc = subprocess.Popen(server_command(server, port, workers), cwd=REPO, env=ENV, start_new_session=True)
     import urllib.request
 
     deadline = time.monotonic() + 30
@@ -121,7 +128,7 @@ def start_server(port: int, workers: int) -> subprocess.Popen:
         except OSError:
             time.sleep(0.2)
     stop_server(proc)
-    raise RuntimeError("uvicorn did not start")
+    raise RuntimeError("the web server did not start")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -242,16 +249,18 @@ def main() -> None:
     parser.add_argument("--create-rate", type=float, default=20)
     parser.add_argument("--create-seconds", type=float, default=10)
     parser.add_argument("--services", type=int, default=200, help="services seeded for the GETs")
-    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument("--workers", type=int, default=2, help="web server worker processes")
+    parser.add_argument("--server", choices=("gunicorn", "uvicorn"), default="gunicorn",
+                        help="gunicorn (WSGI, the production HTTP server) or uvicorn (ASGI)")
     args = parser.parse_args()
 
     print(f"database {DB_NAME}: recreating and migrating …")
     recreate_database()
     rows = seed(args.services)
     port = free_port()
-    server = start_server(port, args.workers)
-    print(f"uvicorn panel.asgi:application on 127.0.0.1:{port}, {args.workers} workers, "
-          f"{os.cpu_count()} CPUs")
+    server = start_server(args.server, port, args.workers)
+    print(f"{' '.join(server_command(args.server, port, args.workers)[:2])} on 127.0.0.1:{port}, "
+          f"{args.workers} workers, {os.cpu_count()} CPUs")
     try:
         asyncio.run(run(args, port, rows))
     finally:

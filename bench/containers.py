@@ -16,7 +16,10 @@ that no run rides on the previous one's warm kernel state):
 The "order through the API → running seen by a WebSocket" row is the panel's: pass it in
 ``extra_rows`` (name → callable returning seconds) when calling ``main``.
 
-    .venv/bin/python -m bench.containers [--runs 20] [--scale 100]
+``--phases`` prints instead where one create's time goes: the median moment (ms after the
+call) at which each step of the start begins and ends, and the shim's reports arrive.
+
+    .venv/bin/python -m bench.containers [--runs 20] [--scale 100] [--phases]
 """
 
 from __future__ import annotations
@@ -269,10 +272,73 @@ def main(runs: int = 20, idle: float = 0.3, scale: int = 100,
         print(f"{name:{width}} {value}")
 
 
+def phases(runs: int = 20, idle: float = 0.3) -> None:
+    """Timeline of ``create`` → first console output, median over ``runs``."""
+    from workers.drivers.container import cgroups, network, rootfs, spawn
+
+    events: list[tuple[str, float]] = []
+    t0 = [0.0]
+
+    def mark(label: str) -> None:
+        events.append((label, (time.perf_counter() - t0[0]) * 1000))
+
+    def timed_step(owner: object, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        def step(*args: object, **kwargs: object) -> object:
+            mark(f"{label} >")
+            try:
+                return original(*args, **kwargs)
+            finally:
+                mark(f"{label} <")
+        setattr(owner, name, step)
+
+    next_line = spawn._Lines.next
+
+    def report(self: spawn._Lines, deadline: float | None = None) -> str | None:
+        line = next_line(self, deadline)
+        mark(f"shim: {line.split()[0] if line else 'EOF'}")
+        return line
+    spawn._Lines.next = report
+    for owner, name, label in ((rootfs, "create_disk", "mkfs"), (os, "posix_spawn", "spawn shim"),
+                               (spawn, "_prepare", "mount disk"),
+                               (network, "add_container_link", "veth + eth0"),
+                               (cgroups.CgroupV1, "create", "cgroups created"),
+                               (cgroups.CgroupV1, "add_after_clone", "PID 1 into cgroups"),
+                               (cgroups.CgroupV2, "create", "cgroups created")):
+        timed_step(owner, name, label)
+    ROOT.mkdir(parents=True, exist_ok=True)
+    bench = Bench(ROOT)
+    timelines = []
+    try:
+        for _ in range(runs):
+            time.sleep(idle)
+            events.clear()
+            t0[0] = time.perf_counter()
+            _, spec = bench.create_to_output()
+            mark("first console output")
+            timelines.append(list(events))
+            bench.driver.destroy(spec)
+    finally:
+        bench.close()
+        shutil.rmtree(ROOT, ignore_errors=True)
+    moments: dict[str, list[float]] = {}
+    for timeline in timelines:
+        for label, at in timeline:
+            moments.setdefault(label, []).append(at)
+    print(f"\n{'create, ms after the call (median of ' + str(runs) + ')':44} {'at':>6}")
+    for label, ats in sorted(moments.items(), key=lambda item: statistics.median(item[1])):
+        print(f"{label:44} {statistics.median(ats):6.1f}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--idle", type=float, default=0.3, help="seconds of quiet before each run")
     parser.add_argument("--scale", type=int, default=100, help="containers for the memory row")
+    parser.add_argument("--phases", action="store_true", help="where a create's time goes")
     args = parser.parse_args()
-    main(runs=args.runs, idle=args.idle, scale=args.scale)
+    if args.phases:
+        phases(runs=args.runs, idle=args.idle)
+    else:
+        main(runs=args.runs, idle=args.idle, scale=args.scale)

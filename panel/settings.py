@@ -12,6 +12,9 @@ from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -79,16 +82,24 @@ INSTALLED_APPS = [
     "panel.api",
     "panel.webhooks",
     "panel.usage",
+    "panel.staff",
+    "panel.core",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "panel.core.middleware.SecurityHeadersMiddleware",
+    # Above the session middleware: it turns a database outage anywhere below into a 503.
+    "panel.core.outage.DatabaseOutageMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "panel.core.middleware.LoginThrottleMiddleware",
+    # Where the user's event feed stands, read before the view reads the database.
+    "panel.realtime.context_processors.EventsSeqMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -106,6 +117,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "panel.realtime.context_processors.events_seq",
             ],
         },
     },
@@ -164,14 +176,30 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True  # serve straight from static/ without collectstatic
 
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="berth@localhost")
+# Whether anyone may sign up as a customer; an admin can override it (accounts.SiteSettings).
+BERTH_SIGNUP_OPEN = env.bool("BERTH_SIGNUP_OPEN", default=False)
 
 # --- Redis: Celery broker, Channels layer, console streams ---------------------------------
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Seconds a Redis read may wait: longer than any blocking command the panel issues (the
+# channel layer's 5 s receive, the console's 15 s XREAD BLOCK), shorter than "forever".
+REDIS_READ_TIMEOUT = 30
+# After a Redis restart every pooled connection is dead; without a retry the first command on
+# each fails ("Connection closed by server") and takes a WebSocket or a request down with it.
+# One retry on a fresh connection is enough: Redis is back, or the error is real.
+REDIS_RETRY = {
+    "retry_on_error": [RedisConnectionError],
+    "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+}
 
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+        # redis-py 8 reads with a 5 s socket timeout by default, which kills channels_redis's
+        # own 5 s blocking receive (BZPOPMIN) on every idle socket: give reads more room.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": REDIS_READ_TIMEOUT, **REDIS_RETRY}],
+                   "capacity": 1000, "expiry": 30},
     }
 }
 
@@ -181,6 +209,7 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "berth-cache",
+        "OPTIONS": REDIS_RETRY,
     }
 }
 
@@ -194,11 +223,16 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Reports from hosts are carried out only when the host they are about signed them.
+CELERY_TASK_ANNOTATIONS = ["panel.hosts.reports:HostReportAnnotation"]
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
-    "expire-heartbeats": {"task": "berth.panel.expire_heartbeats", "schedule": 10.0},
+    # Every 5 s with a 20 s timeout: a silent host shows offline within 25 s.
+    "expire-heartbeats": {"task": "berth.panel.expire_heartbeats", "schedule": 5.0},
     "reconcile-hosts": {"task": "berth.panel.reconcile_hosts", "schedule": 30.0},
-    "reap-stale-operations": {"task": "berth.panel.reap_stale_operations", "schedule": 60.0},
+    "sync-host-credentials": {"task": "berth.panel.sync_host_credentials", "schedule": 60.0},
+    # Cheap (unfinished operations only) and what ends an operation whose worker died.
+    "reap-stale-operations": {"task": "berth.panel.reap_stale_operations", "schedule": 15.0},
     "send-due-webhooks": {"task": "berth.panel.send_due_webhooks", "schedule": 30.0},
 }
 
@@ -206,8 +240,24 @@ CELERY_BEAT_SCHEDULE = {
 BERTH_HOST_NAME = env.str("BERTH_HOST_NAME", default=socket.gethostname().split(".")[0].lower())
 BERTH_IMAGE_DIR = Path(env.str("BERTH_IMAGE_DIR", default=str(VAR_DIR / "images")))
 BERTH_HOSTS_DIR = Path(env.str("BERTH_HOSTS_DIR", default=str(VAR_DIR / "hosts")))
-BERTH_HEARTBEAT_TIMEOUT = timedelta(seconds=env.int("BERTH_HEARTBEAT_TIMEOUT", default=30))
+# Agents beat every 5 s: 20 s is four missed heartbeats.
+BERTH_HEARTBEAT_TIMEOUT = timedelta(seconds=env.int("BERTH_HEARTBEAT_TIMEOUT", default=20))
+# Hosts (panel/hosts/credentials.py): each reaches Redis as its own ACL user. The URL is the
+# panel's Redis as the hosts reach it (another address than the panel's own, often).
+BERTH_HOST_REDIS_URL = env.str("BERTH_HOST_REDIS_URL", default=REDIS_URL)
+BERTH_REDIS_USER_PREFIX = env.str("BERTH_REDIS_USER_PREFIX", default="berth-host-")
+# /metrics (panel/staff/views/metrics.py): staff sessions, or this bearer token for Prometheus.
+BERTH_METRICS_TOKEN = env.str("BERTH_METRICS_TOKEN", default="")
+# How long an operation may wait in a host's queue before it is cancelled (a running one is
+# judged by its worker's lease instead: panel/instances/services/reaping.py).
 BERTH_OPERATION_TIMEOUT = timedelta(seconds=env.int("BERTH_OPERATION_TIMEOUT", default=900))
+# Sign-in throttle (panel/core/login_throttle.py): failures per address and username, and per
+# address, within the lockout window. Behind a reverse proxy, list its addresses so the
+# client's own address is taken from X-Forwarded-For.
+BERTH_LOGIN_ATTEMPTS = env.int("BERTH_LOGIN_ATTEMPTS", default=5)
+BERTH_LOGIN_ATTEMPTS_PER_ADDRESS = env.int("BERTH_LOGIN_ATTEMPTS_PER_ADDRESS", default=30)
+BERTH_LOGIN_LOCKOUT_SECONDS = env.int("BERTH_LOGIN_LOCKOUT_SECONDS", default=900)
+BERTH_TRUSTED_PROXIES = env.list("BERTH_TRUSTED_PROXIES", default=[])
 BERTH_CONSOLE_SCROLLBACK_BYTES = env.int("BERTH_CONSOLE_SCROLLBACK_BYTES", default=128 * 1024)
 
 # --- Billing API (panel/api) ----------------------------------------------------------------
@@ -223,7 +273,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["panel.api.throttling.TokenRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "EXCEPTION_HANDLER": "panel.api.exceptions.problem_exception_handler",
+    # The API's problem+json handler, with database outages as 503 (panel/core/outage.py).
+    "EXCEPTION_HANDLER": "panel.core.outage.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -269,3 +320,8 @@ if PRODUCTION:
     SECURE_HSTS_PRELOAD = True
     SECURE_CONTENT_TYPE_NOSNIFF = True
     SECURE_REFERRER_POLICY = "same-origin"
+    SESSION_COOKIE_HTTPONLY = True
+    # Pages send the CSRF token from their forms; no script needs to read the cookie.
+    CSRF_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    CSRF_COOKIE_SAMESITE = "Lax"

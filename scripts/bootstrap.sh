@@ -42,9 +42,9 @@ fi
 
 # --- the container shim (a small C program, one per container) ---------------------------
 mkdir -p var/bin
-if [ workers/shim/berth-shim.c -nt var/bin/berth-shim ]; then
+if [ ! -e var/bin/berth-shim ] || [ -n "$(find workers/shim -newer var/bin/berth-shim)" ]; then
   say "building var/bin/berth-shim"
-  cc -O2 -Wall -Wextra -o var/bin/berth-shim workers/shim/berth-shim.c
+  cc -O2 -Wall -Wextra -o var/bin/berth-shim workers/shim/*.c
 fi
 
 # --- services -----------------------------------------------------------------------------

@@ -6,6 +6,12 @@ all (each runs in its own process group, so nothing is orphaned), then shuts the
 instances down cleanly so no container, veth or domain is left behind.
 
     HOSTS=3 make run    # the local machine as three hosts, each with its own bridge and pool
+
+Each local host is enrolled like a remote one: its worker and agent reach Redis as the host's
+own ACL user (panel/hosts/credentials.py), with a credential issued afresh at every start
+(the panel keeps only hashes, so there is no old one to reuse). HOST_NETWORK (default
+10.77.0.0/24) and HOST_BRIDGE_PREFIX (default berth) place host i on the i-th next /24 and
+bridge <prefix><i>, so two checkouts on one machine can keep apart.
 """
 
 from __future__ import annotations
@@ -60,29 +66,41 @@ def django_setup() -> None:
 
 
 def prepare(host_count: int) -> list[dict[str, str]]:
-    """Migrate, seed, enrol the local hosts; return each host's environment."""
+    """Migrate, seed, enrol the local hosts with fresh credentials; return each host's environment."""
+    import ipaddress  # noqa: PLC0415
+
     from django.conf import settings  # noqa: PLC0415
     from django.core.management import call_command  # noqa: PLC0415
 
+    from panel.hosts.credentials import CredentialError, issue_credential  # noqa: PLC0415
+    from panel.hosts.models import Host  # noqa: PLC0415
     from panel.hosts.services import host_environment, register_host  # noqa: PLC0415
 
+    first = ipaddress.IPv4Network(os.environ.get("HOST_NETWORK", "10.77.0.0/24"))
+    bridge_prefix = os.environ.get("HOST_BRIDGE_PREFIX", "berth")
     call_command("migrate", verbosity=0)
-    call_command("seed")
+    call_command("seed", host_network=str(first), bridge=f"{bridge_prefix}0")
     envs = []
     for i in range(host_count):
         if i == 0:
-            name = settings.BERTH_HOST_NAME
-            from panel.hosts.models import Host  # noqa: PLC0415
-
-            host = Host.objects.get(name=name)
+            host = Host.objects.get(name=settings.BERTH_HOST_NAME)
         else:
+            network = ipaddress.IPv4Network((int(first.network_address) + i * first.num_addresses, first.prefixlen))
             host = register_host(
                 name=f"{settings.BERTH_HOST_NAME}-{i + 1}",
-                network=f"10.77.{i}.0/24",
-                bridge=f"berth{i}",
+                network=str(network),
+                bridge=f"{bridge_prefix}{i}",
                 uid_base=1_000_000 + i * 100_000_000,
             )
-        envs.append(host_environment(host))
+        try:
+            secret = issue_credential(host, source="system")
+        except CredentialError as exc:
+            print(f"[hosts] {host.name} shares the panel's Redis login: {exc}", flush=True)
+            secret = None
+            Host.objects.filter(pk=host.pk).update(credential_hash="")
+            host.credential_hash = ""
+        envs.append(host_environment(host, secret=secret))
+        print(f"[hosts] {host.name}: bridge {host.bridge}, pool {host.ip_pool.network}", flush=True)
     from panel.instances.services.host_shutdown import resume_after_restart  # noqa: PLC0415
 
     for env in envs:
@@ -118,7 +136,9 @@ def main() -> int:
         name = env["BERTH_HOST_NAME"]
         procs.append(Process(f"host-worker:{name}", [
             celery, "-A", "workers.hostworker", "worker", "-Q", f"host.{name}", "-n", f"host.{name}@%h",
-            "--concurrency", "2", "--loglevel", "WARNING"], {**env, **QUIET_ROOT}))
+            "--concurrency", "2", "--loglevel", "WARNING",
+            # These need shared keys and channels a host's Redis user may not touch.
+            "--without-gossip", "--without-mingle", "--without-heartbeat"], {**env, **QUIET_ROOT}))
         procs.append(Process(f"agent:{name}", [py, "-m", "workers.agent"], env))
 
     stopping = False

@@ -4,7 +4,9 @@
 - console relay: every running instance's console into a Redis stream (scrollback + live for
   any number of viewers), and viewers' input and resizes back to the console;
 - watch: power-state changes nobody asked for (a container that exited, a VM powered off from
-  inside) reported to the panel at once.
+  inside) reported to the panel at once;
+- graphical consoles: on a viewer's request, a VM's loopback VNC port relayed through Redis
+  (``workers/vnc_streams.py``), so the web tier never needs to reach the host.
 
 It keeps no state of its own that matters: after a restart it reattaches to every console at
 the byte where it stopped. It never sees the panel's database.
@@ -24,12 +26,14 @@ import shutil
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 from celery import Celery
+from redis.exceptions import RedisError
 
-from workers import console_streams
+from workers import console_streams, vnc_streams
 from workers.config import HostSettings, load_host_settings
 from workers.drivers.base import Driver, DriverError, PowerState
 from workers.drivers.registry import KINDS, get_driver
@@ -37,19 +41,100 @@ from workers.drivers.registry import KINDS, get_driver
 logger = logging.getLogger("berth.agent")
 
 SCROLLBACK_BYTES = int(os.environ.get("BERTH_CONSOLE_SCROLLBACK_BYTES", str(128 * 1024)))
+MAX_ENTRY_BYTES = 64 * 1024  # console output coalesced into stream entries of at most this
+MAX_PENDING_BYTES = 256 * 1024  # output read from a console ahead of Redis
+RETRY_MIN_SECONDS, RETRY_MAX_SECONDS = 0.5, 5.0  # reattaching after Redis went away
+MAX_INPUT_BACKLOG_BYTES = 1024 * 1024  # viewers' input a console has not taken yet
+ENDED_SCROLLBACK_SECONDS = 7 * 24 * 3600  # a stopped instance's scrollback stays this long
 SCAN_SECONDS = 2.0
 USAGE_SECONDS = float(os.environ.get("BERTH_USAGE_SECONDS", "30"))
 
 
+class StreamLost(Exception):
+    """A console's stream vanished from Redis while relaying (Redis restarted without it)."""
+
+
+class PendingOutput:
+    """Console output read but not in Redis yet. Bounded: when Redis is slower than the
+    console, the relay stops reading and the console's own buffer (the shim's ring, the
+    serial log) holds the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[tuple[int, bytes]] = []
+        self.size = 0
+        self.ended = False
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    async def put(self, offset: int, data: bytes) -> None:
+        while self.size >= self.limit:
+            self._writable.clear()
+            await self._writable.wait()
+        self.chunks.append((offset, data))
+        self.size += len(data)
+        self._readable.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self._readable.set()
+
+    async def take(self) -> list[tuple[int, bytes]] | None:
+        """Everything pending (waits for some); None once the console ended and all is taken."""
+        while not self.chunks:
+            if self.ended:
+                return None
+            self._readable.clear()
+            await self._readable.wait()
+        chunks, self.chunks, self.size = self.chunks, [], 0
+        self._writable.set()
+        return chunks
+
+
+def coalesce(chunks: list[tuple[int, bytes]], limit: int) -> list[tuple[int, bytes]]:
+    """Adjacent chunks joined into entries of at most ``limit`` bytes (a gap starts a new one)."""
+    entries: list[tuple[int, bytearray]] = []
+    for offset, data in chunks:
+        if entries:
+            start, joined = entries[-1]
+            if start + len(joined) == offset and len(joined) + len(data) <= limit:
+                joined += data
+                continue
+        entries.append((offset, bytearray(data)))
+    return [(offset, bytes(data)) for offset, data in entries]
+
+
+def process_start(pid: int) -> str:
+    """A process's start time (clock ticks since boot): with its pid, unique for good."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "0"
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
 class ConsoleRelay:
-    """Copies one instance's console output into its Redis stream, resuming after restarts."""
+    """Copies one instance's console output into its Redis stream, resuming after restarts.
+
+    Output is read ahead of Redis (at most MAX_PENDING_BYTES): while one XADD is on its way
+    the next output piles up and goes as one entry, so a keystroke's echo leaves at once and a
+    flood becomes a few large entries. When Redis goes away the relay reattaches, with
+    backoff, where the stream stops; when Redis comes back without the stream, from the
+    oldest output the console still holds, so the scrollback is rebuilt.
+    """
 
     def __init__(self, agent: Agent, uuid: str, driver: Driver):
         self.agent, self.uuid, self.driver = agent, uuid, driver
-        self.key = console_streams.output_stream(uuid)
+        self.key = console_streams.output_stream(agent.host.name, uuid)
         self.session = None
-        self.sizes: collections.deque[tuple[bytes, int]] = collections.deque()
+        self.attached = False  # a console session was opened at least once
+        self.sizes: collections.deque[int] = collections.deque()  # the stream's entries, oldest first
         self.total = 0
+        self.retry_delay = RETRY_MIN_SECONDS
+        self.input_lock = asyncio.Lock()
+        self.input_backlog = 0
+        self.inputs: set[asyncio.Task] = set()
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -61,42 +146,92 @@ class ConsoleRelay:
         if self.driver.kind == "vm":
             return "log"
         status = await asyncio.to_thread(self.driver.status, self.uuid)
-        return f"{status.pid or 0}"
+        pid = status.pid or 0
+        return f"{pid}.{process_start(pid)}"
 
     async def _resume_offset(self, boot: str) -> int:
         """Rebuild the size index from the stream; return where this boot's output stopped."""
-        redis = self.agent.redis
         self.sizes.clear()
         self.total = 0
         offset = 0
-        for entry_id, fields in await redis.xrange(self.key):
-            size = len(fields.get(b"d", b""))
-            self.sizes.append((entry_id, size))
-            self.total += size
-            if fields.get(b"b", b"").decode() == boot:
-                offset = int(fields[b"o"]) + size
+        async with self.agent.redis.pipeline(transaction=False) as pipe:
+            pipe.xrange(self.key)
+            pipe.persist(self.key)  # running again: keep the scrollback for good
+            entries, _ = await pipe.execute()
+        for _entry_id, fields in entries:
+            try:
+                entry = console_streams.OutputEntry.from_fields(fields)
+            except ValueError:
+                continue
+            self.sizes.append(len(entry.data))
+            self.total += len(entry.data)
+            if entry.boot == boot:
+                offset = entry.offset + len(entry.data)
         return offset
 
-    async def _append(self, boot: str, offset: int, data: bytes) -> None:
-        redis = self.agent.redis
-        entry_id = await redis.xadd(self.key, {"d": data, "o": offset, "b": boot})
-        self.sizes.append((entry_id, len(data)))
-        self.total += len(data)
-        if self.total > SCROLLBACK_BYTES:
-            while self.total > SCROLLBACK_BYTES and len(self.sizes) > 1:
-                _, size = self.sizes.popleft()
-                self.total -= size
-            await redis.xtrim(self.key, minid=self.sizes[0][0])
+    async def _append(self, boot: str, chunks: list[tuple[int, bytes]]) -> None:
+        async with self.agent.redis.pipeline(transaction=False) as pipe:
+            for offset, data in coalesce(chunks, MAX_ENTRY_BYTES):
+                fresh = not self.sizes
+                self.sizes.append(len(data))
+                self.total += len(data)
+                while self.total > SCROLLBACK_BYTES and len(self.sizes) > 1:
+                    self.total -= self.sizes.popleft()
+                # Trimmed in the same command, to the entries that fit the scrollback; and
+                # never re-created behind our back: a missing stream means Redis lost it.
+                pipe.xadd(self.key, console_streams.OutputEntry(boot, offset, data).fields(),
+                          maxlen=len(self.sizes), approximate=False, nomkstream=not fresh)
+            results = await pipe.execute()
+        if None in results:
+            raise StreamLost
+
+    async def _read(self, session, pending: PendingOutput) -> None:
+        try:
+            while (chunk := await session.read()) is not None:
+                offset, data = chunk
+                if data:
+                    await pending.put(offset, data)
+        finally:
+            pending.end()
+
+    async def _relay(self) -> None:
+        """Attach and copy until the console ends; raises RedisError or StreamLost."""
+        boot = await self._boot_id()
+        from_offset = await self._resume_offset(boot)
+        self.retry_delay = RETRY_MIN_SECONDS
+        session = await self.driver.open_console(self.uuid, from_offset=from_offset)
+        self.session, self.attached = session, True
+        pending = PendingOutput(MAX_PENDING_BYTES)
+        reader = asyncio.create_task(self._read(session, pending))
+        try:
+            if await self._boot_id() != boot:
+                return  # it restarted meanwhile: end here, the next scan attaches the new boot
+            while (chunks := await pending.take()) is not None:
+                await self._append(boot, chunks)
+            await reader
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            with contextlib.suppress(Exception):
+                await session.close()
 
     async def _run(self) -> None:
         try:
-            boot = await self._boot_id()
-            from_offset = await self._resume_offset(boot)
-            self.session = await self.driver.open_console(self.uuid, from_offset=from_offset)
-            while (chunk := await self.session.read()) is not None:
-                offset, data = chunk
-                if data:
-                    await self._append(boot, offset, data)
+            while True:
+                try:
+                    await self._relay()
+                    with contextlib.suppress(RedisError):  # the console ended: keep its last words a while
+                        await self.agent.redis.expire(self.key, ENDED_SCROLLBACK_SECONDS)
+                    return
+                except StreamLost:
+                    logger.warning("console stream of %s vanished from Redis; relaying again "
+                                   "what the console still holds", self.uuid)
+                except RedisError as exc:
+                    logger.warning("console relay of %s lost Redis (%s); reattaching in %.1f s",
+                                   self.uuid, exc, self.retry_delay)
+                    await asyncio.sleep(self.retry_delay)
+                    self.retry_delay = min(self.retry_delay * 2, RETRY_MAX_SECONDS)
         except asyncio.CancelledError:
             raise
         except DriverError as exc:
@@ -104,18 +239,105 @@ class ConsoleRelay:
         except Exception:
             logger.exception("console relay of %s failed", self.uuid)
         finally:
-            if self.session is not None:
-                with contextlib.suppress(Exception):
-                    await self.session.close()
             self.agent.relay_ended(self)
 
-    async def write(self, data: bytes) -> None:
-        if self.session is not None:
-            await self.session.write(data)
+    def submit(self, message: console_streams.ConsoleInput) -> None:
+        """Hand a viewer's input or resize to the console without waiting for it: a console
+        that does not read its input must not hold up the others (they share one command
+        loop). In order (the lock is fair); dropped beyond MAX_INPUT_BACKLOG_BYTES."""
+        size = len(message.data)
+        if self.session is None or self.input_backlog + size > MAX_INPUT_BACKLOG_BYTES:
+            logger.info("console input to %s dropped: the console is not reading it", self.uuid)
+            return
+        self.input_backlog += size
+        task = asyncio.create_task(self._deliver(message, size))
+        self.inputs.add(task)
+        task.add_done_callback(self.inputs.discard)
 
-    async def resize(self, rows: int, cols: int) -> None:
-        if self.session is not None:
-            await self.session.resize(rows, cols)
+    async def _deliver(self, message: console_streams.ConsoleInput, size: int) -> None:
+        try:
+            async with self.input_lock:
+                session = self.session
+                if session is None:
+                    return
+                if message.kind == "i":
+                    await session.write(message.data)
+                else:
+                    await session.resize(message.rows, message.cols)
+        except Exception as exc:
+            logger.info("console input to %s failed: %s", self.uuid, exc)
+        finally:
+            self.input_backlog -= size
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+
+class VncRelay:
+    """One viewer's session with a VM's VNC server: TCP on the loopback <-> two Redis lists."""
+
+    def __init__(self, agent: Agent, uuid: str, session: str,
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.agent, self.uuid, self.session = agent, uuid, session
+        self.reader, self.writer = reader, writer
+        self.task: asyncio.Task | None = None
+        host = agent.host.name
+        self.out_key = vnc_streams.to_viewer(host, session)
+        self.in_key = vnc_streams.to_server(host, session)
+        self.alive_key = vnc_streams.alive_key(host, session)
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"vnc-{self.session}")
+
+    async def _run(self) -> None:
+        redis = self.agent.redis
+        jobs = [asyncio.create_task(self._from_server()),
+                asyncio.create_task(self._to_server())]
+        try:
+            await asyncio.wait(jobs, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await redis.rpush(self.out_key, vnc_streams.EOF)
+                await redis.expire(self.out_key, vnc_streams.KEY_TTL)
+                await redis.delete(self.in_key)
+            self.agent.vnc_relays.pop(self.session, None)
+            logger.info("VNC session %s of %s closed", self.session[:8], self.uuid)
+
+    async def _viewer_alive(self) -> bool:
+        return bool(await self.agent.redis.exists(self.alive_key))
+
+    async def _from_server(self) -> None:
+        redis = self.agent.redis
+        while data := await self.reader.read(65536):
+            # A viewer that reads slower than the VM draws: stop reading (TCP pushes back on
+            # QEMU) instead of queueing frames in Redis without bound.
+            while await redis.llen(self.out_key) > vnc_streams.MAX_QUEUED:
+                if not await self._viewer_alive():
+                    return
+                await asyncio.sleep(0.05)
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.rpush(self.out_key, data)
+                pipe.expire(self.out_key, vnc_streams.KEY_TTL)
+                await pipe.execute()
+
+    async def _to_server(self) -> None:
+        while True:
+            item = await self.agent.redis.blpop([self.in_key], timeout=vnc_streams.BLOCK_SECONDS)
+            if item is None:
+                if not await self._viewer_alive():
+                    return
+                continue
+            if item[1] == vnc_streams.EOF:
+                return
+            self.writer.write(item[1])
+            await self.writer.drain()
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -133,6 +355,7 @@ class Agent:
         self.celery.conf.update(task_serializer="json", broker_connection_retry_on_startup=True)
         self.reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report")
         self.relays: dict[str, ConsoleRelay] = {}
+        self.vnc_relays: dict[str, VncRelay] = {}
         self.known: dict[str, str] = {}
         self.drivers: dict[str, Driver] = {}
         self.virtualization = None
@@ -177,6 +400,8 @@ class Agent:
             "containers": "container" in self.drivers and os.geteuid() == 0,
             "vms": False,
             "instances": dict(counts),
+            "kernel": os.uname().release,
+            "uptime_seconds": int(time.monotonic()),
         }
         if self.virtualization is not None:
             facts.update(
@@ -184,6 +409,13 @@ class Agent:
                 virt_type=self.virtualization.domain_type,
                 virt_reason=self.virtualization.reason,
             )
+        else:
+            # Say why this host offers no VMs, so the admin need not read the agent's log.
+            facts["virt_reason"] = (
+                "no VM driver (libvirt unavailable)" if "vm" not in self.drivers
+                else "not yet probed, or the probe failed (see the agent's log)"
+            )
+        facts["kinds"] = [kind for kind in ("container", "vm") if facts["containers" if kind == "container" else "vms"]]
         return facts
 
     async def probe_virtualization(self) -> None:
@@ -272,6 +504,8 @@ class Agent:
             if state == PowerState.RUNNING and uuid not in self.relays:
                 self.attach(uuid, driver)
             changed = uuid in self.known and self.known[uuid] != state
+            if state == PowerState.STOPPED and (report_all or changed):
+                await self._reap(uuid, driver)
             if report_all or changed:
                 await self.report(
                     "berth.panel.power_state", host_name=self.host.name, uuid=uuid, power_state=state
@@ -280,7 +514,20 @@ class Agent:
             await self.report(
                 "berth.panel.power_state", host_name=self.host.name, uuid=uuid, power_state="absent"
             )
+            with contextlib.suppress(RedisError):  # destroyed: its console output goes with it
+                await self.redis.delete(console_streams.output_stream(self.host.name, uuid))
         self.known = {uuid: state for uuid, (state, _) in current.items()}
+
+    async def _reap(self, uuid: str, driver: Driver) -> None:
+        """An instance stopped by itself (or while this agent was away): have its driver tidy
+        what only a running instance needs (a container's firewall rules, veth, cgroups)."""
+        reap = getattr(driver, "reap", None)  # drivers with nothing to tidy have none
+        if reap is None:
+            return
+        try:
+            await asyncio.to_thread(reap, uuid)
+        except DriverError as exc:
+            logger.warning("tidying stopped %s failed: %s", uuid, exc)
 
     def attach(self, uuid: str, driver: Driver) -> ConsoleRelay:
         relay = self.relays.get(uuid)
@@ -293,7 +540,10 @@ class Agent:
     def relay_ended(self, relay: ConsoleRelay) -> None:
         if self.relays.get(relay.uuid) is relay:
             del self.relays[relay.uuid]
-        self.rescan.set()  # the console ended: find out at once whether the instance stopped
+        if relay.attached:
+            self.rescan.set()  # the console ended: find out at once whether the instance stopped
+        # A console that could not be opened (a VM whose QEMU has not assigned its pty yet)
+        # is retried by the next regular scan, not at once: that would spin.
 
     async def _driver_of(self, uuid: str) -> Driver | None:
         for driver in self.drivers.values():
@@ -322,8 +572,11 @@ class Agent:
                         await self._command(message["data"])
             except asyncio.CancelledError:
                 raise
+            except RedisError as exc:
+                logger.warning("command channel lost (%s); reconnecting", exc)
+                await asyncio.sleep(1)
             except Exception:
-                logger.exception("command channel lost; reconnecting")
+                logger.exception("command channel failed; reconnecting")
                 await asyncio.sleep(1)
             finally:
                 with contextlib.suppress(Exception):
@@ -336,15 +589,8 @@ class Agent:
             logger.warning("malformed console message dropped")
             return
         relay = self.relays.get(message.uuid)
-        if relay is None:
-            return
-        try:
-            if message.kind == "i":
-                await relay.write(message.data)
-            else:
-                await relay.resize(message.rows, message.cols)
-        except Exception as exc:
-            logger.info("console input to %s failed: %s", message.uuid, exc)
+        if relay is not None:
+            relay.submit(message)
 
     async def _command(self, raw: bytes) -> None:
         try:
@@ -353,7 +599,9 @@ class Agent:
         except (ValueError, KeyError, TypeError):
             logger.warning("malformed agent command dropped")
             return
-        if command.get("cmd") == "attach":
+        if command.get("cmd") == "vnc":
+            await self._open_vnc(uuid, str(command.get("session", "")))
+        elif command.get("cmd") == "attach":
             driver = await self._driver_of(uuid)
             if driver is not None:
                 self.attach(uuid, driver)
@@ -361,6 +609,31 @@ class Agent:
             if command.get("reply"):
                 await self.redis.lpush(command["reply"], "ok")
                 await self.redis.expire(command["reply"], 30)
+
+    async def _open_vnc(self, uuid: str, session: str) -> None:
+        """Connect a viewer's session to the VM's VNC port on the loopback, then say so."""
+        if not vnc_streams.SESSION_RE.match(session):
+            logger.warning("malformed VNC request dropped")
+            return
+        reply = vnc_streams.reply_key(self.host.name, session)
+        answer = vnc_streams.ok_reply()
+        vm = self.drivers.get("vm")
+        try:
+            port = await asyncio.to_thread(vm.vnc_port, uuid) if vm is not None else None
+            if port is None:
+                answer = vnc_streams.error_reply("The VM is not running, so it has no screen.")
+            else:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port), vnc_streams.OPEN_TIMEOUT)
+                relay = VncRelay(self, uuid, session, reader, writer)
+                self.vnc_relays[session] = relay
+                relay.start()
+                logger.info("VNC session %s of %s opened (port %s)", session[:8], uuid, port)
+        except (DriverError, OSError) as exc:  # OSError covers the connect timeout
+            logger.info("VNC of %s not available: %s", uuid, exc)
+            answer = vnc_streams.error_reply("The VM's screen is not reachable right now.")
+        await self.redis.lpush(reply, answer)
+        await self.redis.expire(reply, vnc_streams.KEY_TTL)
 
     async def run(self) -> None:
         self._load_drivers()
@@ -383,6 +656,8 @@ class Agent:
             task.cancel()
         for relay in list(self.relays.values()):
             await relay.stop()
+        for vnc in list(self.vnc_relays.values()):
+            await vnc.stop()
         await asyncio.gather(*workers, return_exceptions=True)
         await self.redis.aclose()
         self.reporter.shutdown(wait=True)

@@ -8,18 +8,22 @@ by sending tasks to the `panel` queue. It never sees the panel's database.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import secrets
+import threading
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import redis
-from celery import Celery
+from celery import Celery, signals
 from celery.exceptions import SecurityWarning
 
-from workers.config import load_host_settings
+from workers import backups, leases
+from workers.config import broker_transport_options, host_key_prefix, load_host_settings
 from workers.console_streams import agent_channel
 from workers.drivers.base import DriverError, InstanceSpec, InstanceStatus, PowerState
 from workers.drivers.registry import KINDS, get_driver
@@ -43,11 +47,18 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     task_default_queue=f"host.{HOST.name}",
     broker_connection_retry_on_startup=True,
-    broker_transport_options={"visibility_timeout": 3600},
+    broker_transport_options=broker_transport_options(HOST.name),
+    # Remote control needs shared pidbox keys and channels a host's Redis user may not use.
+    worker_enable_remote_control=False,
 )
 
 PANEL_QUEUE = "panel"
 STOP_TIMEOUT = 10.0
+# Deliveries of one operation that may run the driver: more means it keeps killing its worker.
+MAX_ATTEMPTS = 3
+# Actions whose result carries a note for the customer ("forced off after 10 s", "takes
+# effect at the next stop and start"); for the others the detail is only the power state.
+NOTED_ACTIONS = ("stop", "suspend", "reboot", "change_plan")
 
 
 def report(task: str, **kwargs: Any) -> None:
@@ -58,7 +69,7 @@ def ask_agent_to_attach(uuid: str, *, wait: float = 0.0) -> bool:
     """Tell the host agent to attach this instance's console now; optionally wait for it."""
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        reply = f"berth:agent-reply:{secrets.token_hex(8)}" if wait else ""
+        reply = f"{host_key_prefix(HOST.name)}agent-reply:{secrets.token_hex(8)}" if wait else ""
         client.publish(agent_channel(HOST.name), json.dumps({"cmd": "attach", "uuid": uuid, "reply": reply}))
         if wait:
             return client.blpop([reply], timeout=wait) is not None
@@ -82,12 +93,17 @@ def driver_for(kind: str):
     return driver
 
 
-def perform(action: str, spec: InstanceSpec, params: dict[str, Any]) -> InstanceStatus:
+def perform(action: str, spec: InstanceSpec, params: dict[str, Any],
+            progress: backups.Progress | None = None) -> InstanceStatus | backups.StepOutcome:
+    """Run ``action`` with the instance's driver. Snapshots, backups, restores and the steps
+    of a move (``backups.ACTIONS``) return a StepOutcome: the power state and a result."""
     driver = driver_for(spec.kind)
     # VMs start paused until the agent has attached the console, so it has every line of boot.
     boot: dict[str, Any] = {}
     if spec.kind == "vm":
         boot["before_resume"] = lambda: ask_agent_to_attach(spec.uuid, wait=5.0)
+    if action in backups.ACTIONS:
+        return backups.Steps(driver, progress=progress or (lambda _text: None), boot=boot).run(action, spec, params)
     if action == "create":
         return driver.create(spec, **boot)
     if action == "start":
@@ -105,6 +121,10 @@ def perform(action: str, spec: InstanceSpec, params: dict[str, Any]) -> Instance
     if action == "terminate":
         driver.destroy(spec)
         return InstanceStatus(uuid=spec.uuid, state=PowerState.ABSENT)
+    if action in ("upgrade", "rollback"):  # the spec carries the image to run now
+        if spec.kind != "container":
+            raise DriverError("Only application containers can be upgraded.")
+        return driver.upgrade(spec, start=bool(params.get("start", True)), timeout=STOP_TIMEOUT)
     raise DriverError(f"Unknown action {action!r}.")
 
 
@@ -115,51 +135,187 @@ def _observed_state(spec: InstanceSpec) -> str | None:
         return None
 
 
-@app.task(name="berth.host.run_operation")
-def run_operation(operation_id: int, action: str, spec: dict[str, Any], params: dict[str, Any]) -> None:
-    report("berth.panel.operation_started", operation_id=operation_id)
-    instance = InstanceSpec.from_dict(spec)
+def _outcome(operation_id: int, action: str, instance: InstanceSpec,
+             params: dict[str, Any], progress: backups.Progress | None = None) -> dict[str, Any]:
+    """Run the driver; the operation_finished report (a step's: step_report), success or not."""
+    step = params.get("step", "")
+    # A step of a multi-step operation (a move runs on two hosts) says which step and host.
+    head: dict[str, Any] = {"operation_id": operation_id}
+    if step:
+        head.update(step=step, host_name=HOST.name, event="finished")
     try:
-        status = perform(action, instance, params or {})
+        done = perform(action, instance, params, progress)
     except DriverError as exc:
         logger.warning("%s of %s failed: %s", action, instance.uuid, exc)
-        report(
-            "berth.panel.operation_finished",
-            operation_id=operation_id,
-            ok=False,
-            error=str(exc),
-            power_state=_observed_state(instance),
-        )
-        return
+        return {**head, "ok": False, "error": str(exc), "power_state": _observed_state(instance)}
     except Exception as exc:
         logger.exception("%s of %s crashed", action, instance.uuid)
-        report(
-            "berth.panel.operation_finished",
-            operation_id=operation_id,
-            ok=False,
-            error=f"Internal error on host {HOST.name}: {exc.__class__.__name__}: {exc}",
-            power_state=_observed_state(instance),
-        )
-        return
+        return {**head, "ok": False,
+                "error": f"Internal error on host {HOST.name}: {exc.__class__.__name__}: {exc}",
+                "power_state": _observed_state(instance)}
+    status, result = (done.status, done.result) if isinstance(done, backups.StepOutcome) else (done, None)
     if status.state == PowerState.RUNNING:
         ask_agent_to_attach(instance.uuid)
-    report(
-        "berth.panel.operation_finished",
-        operation_id=operation_id,
-        ok=True,
-        power_state=status.state.value,
-    )
+    outcome = {**head, "ok": True, "power_state": status.state.value,
+               "detail": status.detail if action in NOTED_ACTIONS else ""}
+    if step:
+        outcome["result"] = result or {}
+    return outcome
+
+
+STEP_REPORT = "berth.panel.step_report"
+
+
+def send_outcome(outcome: dict[str, Any]) -> None:
+    """A step's outcome goes to step_report, any other operation's to operation_finished."""
+    report(STEP_REPORT if outcome.get("step") else "berth.panel.operation_finished", **outcome)
+
+
+class _StepProgress:
+    """Progress of a step, reported at most as often as backups.PROGRESS_EVERY allows."""
+
+    def __init__(self, operation_id: int, step: str) -> None:
+        self.operation_id, self.step = operation_id, step
+
+    def __call__(self, text: str) -> None:
+        if self.step:
+            report(STEP_REPORT, operation_id=self.operation_id, step=self.step, host_name=HOST.name,
+                   event="progress", progress=text[:200])
+        else:
+            report("berth.panel.operation_progress", operation_id=self.operation_id, progress=text[:200])
+
+
+_lease_client: redis.Redis | None = None
+
+
+def lease_client() -> redis.Redis:
+    global _lease_client
+    if _lease_client is None:
+        _lease_client = redis.Redis.from_url(settings.redis_url, socket_timeout=10,
+                                             health_check_interval=30)
+    return _lease_client
+
+
+@contextlib.contextmanager
+def _renewing(lease: leases.OperationLease) -> Iterator[None]:
+    """Renew the lease while the driver works: its silence is how a dead worker is told."""
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(leases.RENEW_SECONDS):
+            try:
+                lease.renew()
+            except redis.RedisError as exc:  # Redis restarting: the next renewal catches up
+                logger.warning("could not renew the lease of %s: %s", lease.keys[0], exc)
+
+    thread = threading.Thread(target=renew, name="lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+@app.task(name="berth.host.run_operation", bind=True, max_retries=None)
+def run_operation(self, operation_id: int, action: str, spec: dict[str, Any],
+                  params: dict[str, Any]) -> None:
+    """Run one operation once: a redelivery (the worker died, the message came back) runs it
+    again only when no live worker holds it, and never after it finished (workers/leases.py)."""
+    params = params or {}
+    step = params.get("step", "")
+    lease = leases.OperationLease(lease_client(), HOST.name, backups.lease_id(operation_id, step))
+    claim = lease.claim()
+    if claim.state == leases.BUSY:
+        # Another worker has it now. Look again once its lease could have lapsed, so the
+        # operation is taken over if that worker dies; once it finishes, this copy is dropped.
+        raise self.retry(countdown=leases.LEASE_SECONDS)
+    if claim.state in (leases.DONE, leases.ABANDONED):
+        if claim.report:  # finished, but its report may be what got lost
+            send_outcome(claim.report)
+        return
+    instance = InstanceSpec.from_dict(spec)
+    progress = _StepProgress(operation_id, step)
+    if step:
+        report(STEP_REPORT, operation_id=operation_id, step=step, host_name=HOST.name, event="started")
+    else:
+        report("berth.panel.operation_started", operation_id=operation_id)
+    if claim.attempt > MAX_ATTEMPTS:
+        outcome = {"operation_id": operation_id, "ok": False, "power_state": _observed_state(instance),
+                   "error": f"The host worker stopped {MAX_ATTEMPTS} times while running this "
+                            "operation; it was not tried again."}
+        if step:
+            outcome.update(step=step, host_name=HOST.name, event="finished")
+    else:
+        if claim.attempt > 1:
+            logger.warning("%s of %s: attempt %s (the worker running it stopped)", action,
+                           instance.uuid, claim.attempt)
+            progress(f"Attempt {claim.attempt}: the host worker restarted during the last one.")
+        with _renewing(lease):
+            outcome = _outcome(operation_id, action, instance, params, progress)
+    # Stored before it is sent: if this process dies in between, the next delivery (or the
+    # panel's reaper) finds the report in the lease.
+    if lease.finish(outcome):
+        send_outcome(outcome)
+    else:
+        logger.warning("operation %s was given up by the panel before it finished", operation_id)
+
+
+@signals.worker_init.connect
+def restore_unacked(sender=None, **kwargs) -> None:
+    """At start, put back what this host's previous worker had taken but not finished.
+
+    The host's in-flight messages live under its own keys (``broker_transport_options``), so
+    whatever is there when its worker starts was left by one that died (SIGKILL, OOM, power
+    loss). Without this, Redis would give them back only after the visibility timeout (an hour).
+    Should another worker of the same host still be alive, the leases keep its operations
+    from running twice.
+    """
+    try:
+        with app.connection_for_write() as conn:
+            channel = conn.default_channel
+            client = channel.client
+            tags = client.hkeys(channel.unacked_key)
+            for tag in tags:
+                channel.qos.restore_by_tag(tag.decode() if isinstance(tag, bytes) else tag,
+                                           client=client)
+    except Exception as exc:  # never keep the worker from starting; the timeout still applies
+        logger.warning("could not restore unfinished messages: %s", exc)
+        return
+    if tags:
+        logger.warning("restored %d message(s) left unfinished by a previous worker", len(tags))
 
 
 @app.task(name="berth.host.reconcile")
 def reconcile() -> None:
     """Tell the panel what really exists on this host, for it to compare with its records."""
-    seen: list[dict[str, str]] = []
+    seen: list[dict[str, Any]] = []
     for kind in KINDS:
+        driver = get_driver(kind, HOST)
         try:
-            statuses = get_driver(kind, HOST).list_instances()
+            statuses = driver.list_instances()
         except DriverError as exc:
             logger.warning("cannot list %s instances: %s", kind, exc)
             continue
-        seen.extend({"uuid": s.uuid, "state": s.state.value, "kind": kind} for s in statuses)
+        for status in statuses:
+            item: dict[str, Any] = {"uuid": status.uuid, "state": status.state.value, "kind": kind}
+            if kind == "vm":  # a VM's vCPUs and memory as defined: edits with virsh show up
+                with contextlib.suppress(DriverError):
+                    item.update(driver.configured(status.uuid))
+            if kind == "container" and status.state == PowerState.RUNNING:
+                item["problems"] = _container_problems(status.uuid)
+            seen.append(item)
     report("berth.panel.reconcile_report", host_name=HOST.name, instances=seen)
+
+
+def _container_problems(uuid: str) -> list[str]:
+    """What a running container lacks on the host because someone removed it behind Berth's
+    back. Reported, never repaired here: its next start makes the pieces again."""
+    from workers.drivers.container import network  # noqa: PLC0415 (containers only)
+    from workers.drivers.container.state import veth_name  # noqa: PLC0415
+
+    link = veth_name(uuid)
+    if not network.link_exists(link):
+        return [f"its network link {link} is gone from the host: the instance is cut off "
+                "from the network until it is stopped and started again"]
+    return []

@@ -12,11 +12,13 @@ MAX_ID = 2**63 - 1
 
 
 def ensure_text(value: str) -> None:
-    """Lone surrogates survive JSON decoding but not the database's UTF-8: refuse them here."""
+    """Refuse what survives JSON decoding but not the database: lone surrogates and NUL."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise serializers.ValidationError("Use valid Unicode text.") from None
+    if "\x00" in value:
+        raise serializers.ValidationError("Text may not contain NUL characters.")
 
 
 class StrictCharField(serializers.CharField):

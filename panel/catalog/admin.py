@@ -7,6 +7,7 @@ from panel.catalog.models import Image, Plan
 class PlanAdmin(admin.ModelAdmin):
     list_display = ("name", "kind", "vcpus", "memory_mib", "disk_gib", "price_monthly", "is_active")
     list_filter = ("kind", "is_active")
+    filter_horizontal = ("hosts",)
 
 
 @admin.register(Image)

@@ -18,6 +18,10 @@ class Plan(models.Model):
     price_hourly = models.DecimalField(max_digits=10, decimal_places=4, default=0)
     price_monthly = models.DecimalField(max_digits=10, decimal_places=2, default=0)
     is_active = models.BooleanField(default=True)
+    hosts = models.ManyToManyField(
+        "hosts.Host", blank=True, related_name="plans",
+        help_text="Hosts that may run this plan; none chosen means every host.",
+    )
 
     class Meta:
         ordering = ["kind", "memory_mib", "name"]
@@ -27,11 +31,23 @@ class Plan(models.Model):
 
 
 class Image(models.Model):
-    name = models.CharField(max_length=100)
+    class Source(models.TextChoices):
+        BUILT = "built", "Built by Berth"
+        OCI = "oci", "Imported OCI image"
+
+    name = models.CharField(max_length=100, help_text="Imported images: repository:tag.")
     kind = models.CharField(max_length=20, choices=InstanceKind.choices)
     path = models.CharField(max_length=500, help_text="Directory in the image store.")
     size_bytes = models.BigIntegerField(default=0)
     checksum = models.CharField(max_length=100, blank=True)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.BUILT)
+    digest = models.CharField(
+        max_length=80, blank=True, help_text="Imported images: the config's sha256 (the image id)."
+    )
+    config = models.JSONField(
+        default=dict, blank=True,
+        help_text="Imported images: entrypoint, cmd, env, working dir, user, ports, volumes.",
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -44,3 +60,8 @@ class Image(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.get_kind_display()})"
+
+    @property
+    def is_app(self) -> bool:
+        """An application image: its process runs under Berth's init and can be upgraded."""
+        return self.source == self.Source.OCI

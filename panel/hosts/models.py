@@ -1,4 +1,7 @@
-"""Hosts (the machines instances run on) and the IPv4 pool each one hands out."""
+"""Hosts (the machines instances run on), the IPv4 pool each one hands out, their capacity
+samples and the fleet's placement policy."""
+
+from __future__ import annotations
 
 import ipaddress
 
@@ -18,6 +21,9 @@ class Host(models.Model):
 
     name = models.SlugField(max_length=40, unique=True)
     is_enabled = models.BooleanField(default=True, help_text="Disabled hosts get no new instances.")
+    is_draining = models.BooleanField(
+        default=False, help_text="Draining hosts get no new instances; the admin moves the rest away."
+    )
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.UNKNOWN)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
 
@@ -39,7 +45,12 @@ class Host(models.Model):
     uid_base = models.PositiveBigIntegerField(default=1_000_000)
     uid_slots = models.PositiveIntegerField(default=1024)
 
-    notes = models.TextField(blank=True)
+    # The host's Redis credential (panel/hosts/credentials.py): only the secret's SHA-256 is
+    # kept, which is all Redis's ACL needs; the secret itself is shown once, when issued.
+    credential_hash = models.CharField(max_length=64, blank=True)
+    credential_issued_at = models.DateTimeField(null=True, blank=True)
+
+    notes = models.TextField(blank=True, help_text="Maintenance notes for the admins.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -55,9 +66,56 @@ class Host(models.Model):
     def supports(self, kind: str) -> bool:
         return self.supports_containers if kind == "container" else self.supports_vms
 
+    @property
+    def is_online(self) -> bool:
+        return self.status == self.Status.ONLINE
+
+    @property
+    def accepts_instances(self) -> bool:
+        return self.is_enabled and not self.is_draining
+
     def mark_seen(self) -> None:
         self.last_heartbeat = timezone.now()
         self.status = self.Status.ONLINE
+
+
+class HostSample(models.Model):
+    """One point of a host's capacity graph, taken from a heartbeat (at most one per interval)."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="samples")
+    at = models.DateTimeField(db_index=True)
+    load1 = models.FloatField(default=0)
+    memory_used_mib = models.PositiveIntegerField(default=0)
+    disk_used_gib = models.PositiveIntegerField(default=0)
+    instances_running = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["host", "at"]
+        indexes = [models.Index(fields=["host", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.host} @ {self.at:%H:%M:%S}"
+
+
+class PlacementPolicy(models.Model):
+    """Fleet-wide placement settings the admin chooses (one row)."""
+
+    weigher = models.CharField(
+        max_length=10, choices=Host.Weigher.choices, default=Host.Weigher.SPREAD,
+        help_text="Spread: the emptiest host first. Pack: the fullest host that still fits first.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "placement policy"
+
+    def __str__(self) -> str:
+        return f"placement: {self.weigher}"
+
+    @classmethod
+    def current(cls) -> PlacementPolicy:
+        policy, _ = cls.objects.get_or_create(pk=1)
+        return policy
 
 
 class IpPool(models.Model):

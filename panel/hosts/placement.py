@@ -1,19 +1,21 @@
 """Placement: which host gets a new instance, and the address and uid range it receives.
 
-Filters (enabled, online, supports the kind, room after overcommit, a free IP, a free uid
-range) then a weigher (spread by default). Must run inside the ordering transaction: the
-candidate host rows are locked, so two parallel orders can never both take the last slot.
+Filters (enabled and not draining, online, supports the kind, allowed for the plan, room after
+overcommit, a free IP, a free uid range) then a weigher (the admin's placement policy: spread by
+default, or pack). Must run inside the ordering transaction: the candidate host rows are locked,
+so two parallel orders can never both take the last slot.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Collection
 from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db.models import Count, Sum
 
-from panel.hosts.models import Host, IpAddress
+from panel.hosts.models import Host, IpAddress, PlacementPolicy
 from panel.instances.services.errors import CapacityError
 
 
@@ -30,6 +32,17 @@ class Placement:
     host: Host
     address: str
     uid_slot: int | None
+
+
+def fleet_usage(host_ids: list[int]) -> dict[int, HostUsage]:
+    """Usage of many hosts in one query (placement reads every candidate's)."""
+    from panel.instances.models import Instance  # noqa: PLC0415 (instances imports hosts)
+
+    rows = Instance.objects.live().filter(host__in=host_ids).values("host").annotate(
+        vcpus=Sum("plan__vcpus"), memory=Sum("plan__memory_mib"), disk=Sum("plan__disk_gib"), n=Count("id"),
+    )
+    usage = {row["host"]: HostUsage(row["vcpus"] or 0, row["memory"] or 0, row["disk"] or 0, row["n"]) for row in rows}
+    return {pk: usage.get(pk, HostUsage(0, 0, 0, 0)) for pk in host_ids}
 
 
 def host_usage(host: Host, *, exclude_instance_id: int | None = None) -> HostUsage:
@@ -90,16 +103,38 @@ def _weight(host: Host, usage: HostUsage, weigher: str) -> tuple:
     return (-free_ratio if weigher == Host.Weigher.SPREAD else free_ratio, usage.instances, host.pk)
 
 
-def place(*, kind: str, vcpus: int, memory_mib: int, disk_gib: int, weigher: str = Host.Weigher.SPREAD) -> Placement:
-    """Choose a host and reserve nothing yet: the caller writes the rows in this transaction."""
+def place(
+    *,
+    kind: str,
+    vcpus: int,
+    memory_mib: int,
+    disk_gib: int,
+    allowed_hosts: Collection[int] | None = None,
+    plan_name: str = "",
+    weigher: str | None = None,
+) -> Placement:
+    """Choose a host and reserve nothing yet: the caller writes the rows in this transaction.
+
+    ``allowed_hosts`` (host ids) narrows the fleet to the hosts a plan may run on; None or
+    empty means every host. ``weigher`` defaults to the admin's placement policy.
+    """
+    if weigher is None:
+        weigher = PlacementPolicy.current().weigher
+    # Every host row is locked, in one order (pk), by every order: parallel orders queue here
+    # instead of both taking the last room, and cannot deadlock on each other.
     candidates = list(
         Host.objects.select_for_update(of=("self",)).select_related("ip_pool").order_by("pk")
     )
+    allowed = set(allowed_hosts or ())
+    usages = fleet_usage([h.pk for h in candidates])
     reasons: dict[str, str] = {}
     fitting: list[tuple[tuple, Host]] = []
     for host in candidates:
         if not host.is_enabled:
             reasons[host.name] = "disabled"
+            continue
+        if host.is_draining:
+            reasons[host.name] = "draining"
             continue
         if host.status != Host.Status.ONLINE:
             reasons[host.name] = "offline"
@@ -107,7 +142,10 @@ def place(*, kind: str, vcpus: int, memory_mib: int, disk_gib: int, weigher: str
         if not host.supports(kind):
             reasons[host.name] = f"does not run {kind}s"
             continue
-        usage = host_usage(host)
+        if allowed and host.pk not in allowed:
+            reasons[host.name] = f"plan {plan_name} is not allowed on this host" if plan_name else "the plan is not allowed on this host"
+            continue
+        usage = usages[host.pk]
         problem = capacity_problem(host, usage, vcpus=vcpus, memory_mib=memory_mib, disk_gib=disk_gib)
         if problem:
             reasons[host.name] = problem

@@ -43,6 +43,10 @@ def build_spec(instance: Instance) -> dict[str, Any]:
         "uid_slot": instance.uid_slot or 0,
         "root_password": instance.root_password_hash,
         "ssh_keys": [k for k in instance.ssh_keys.splitlines() if k.strip()],
+        # Application images: the order's command (replaces the image's Cmd) and environment;
+        # only when given, so that a host that does not know them yet is not sent them.
+        **({"command": list(instance.app_command)} if instance.app_command else {}),
+        **({"env": dict(instance.app_env)} if instance.app_env else {}),
         # One customer's containers reach each other on the bridge; other customers' never.
         "extra": {"network_group": f"customer-{instance.customer_id}"},
     }

@@ -56,6 +56,14 @@ class Instance(models.Model):
     uid_slot = models.PositiveIntegerField(null=True, blank=True)
     root_password_hash = models.CharField(max_length=200, blank=True)
     ssh_keys = models.TextField(blank=True)
+    # Application containers (OCI images): the order's command (replaces the image's Cmd) and
+    # environment (added to its Env), and the image an upgrade replaced, kept for a rollback.
+    app_command = models.JSONField(null=True, blank=True)
+    app_env = models.JSONField(default=dict, blank=True)
+    previous_image = models.ForeignKey(
+        "catalog.Image", on_delete=models.PROTECT, related_name="+", null=True, blank=True,
+        help_text="The image before the last upgrade: what a rollback returns to.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -97,6 +105,8 @@ class Operation(models.Model):
         SUSPEND = "suspend", "Suspend"
         UNSUSPEND = "unsuspend", "Unsuspend"
         TERMINATE = "terminate", "Terminate"
+        UPGRADE = "upgrade", "Upgrade"
+        ROLLBACK = "rollback", "Roll back"
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"

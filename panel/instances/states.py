@@ -37,10 +37,14 @@ ACTION_FROM_STATES: dict[str, frozenset[str]] = {
     A.SUSPEND: frozenset({S.RUNNING, S.STOPPED}),
     A.UNSUSPEND: frozenset({S.SUSPENDED}),
     A.TERMINATE: frozenset(set(S.values) - {S.TERMINATING, S.TERMINATED}),
+    # Application containers: another image version, or back to the one before (from error
+    # too: a new version is how a broken application gets fixed).
+    A.UPGRADE: frozenset({S.RUNNING, S.STOPPED, S.ERROR}),
+    A.ROLLBACK: frozenset({S.RUNNING, S.STOPPED, S.ERROR}),
 }
 
 # Actions a customer may take on their own instance (suspend/unsuspend belong to billing/admins).
-CUSTOMER_ACTIONS = (A.START, A.STOP, A.REBOOT, A.REBUILD, A.TERMINATE)
+CUSTOMER_ACTIONS = (A.START, A.STOP, A.REBOOT, A.REBUILD, A.TERMINATE, A.UPGRADE, A.ROLLBACK)
 
 
 class InstanceStateError(Exception):

@@ -1,55 +1,57 @@
-"""Panel-side tasks (queue `panel`): hosts report operation progress and power states here."""
+"""Panel-side tasks (queue `panel`): hosts report operation progress and power states here.
+
+While the database is unreachable, operation reports are retried with backoff
+(DATABASE_RETRY): an outage delays them instead of losing them, and each is idempotent. Power
+states are retried only briefly and reconcile reports not at all: applied late they would
+describe the past, and the next reconcile (every 30 s) observes afresh.
+"""
 
 import logging
 
 from celery import shared_task
-from django.conf import settings
-from django.utils import timezone
 
-from panel.instances.models import Operation
-from panel.instances.services import results
+from panel.core.retry import DATABASE_ERRORS, DATABASE_RETRY, OBSERVATION_RETRY
+from panel.instances.services import reaping, results
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="berth.panel.operation_started")
+@shared_task(name="berth.panel.operation_started", **DATABASE_RETRY)
 def operation_started(operation_id: int, progress: str = "") -> None:
     results.record_operation_started(operation_id, progress=progress)
 
 
-@shared_task(name="berth.panel.operation_progress")
+@shared_task(name="berth.panel.operation_progress", **DATABASE_RETRY)
 def operation_progress(operation_id: int, progress: str) -> None:
     results.record_operation_progress(operation_id, progress=progress)
 
 
-@shared_task(name="berth.panel.operation_finished")
+@shared_task(name="berth.panel.operation_finished", **DATABASE_RETRY)
 def operation_finished(
-    operation_id: int, ok: bool, error: str = "", power_state: str | None = None
+    operation_id: int, ok: bool, error: str = "", power_state: str | None = None, detail: str = ""
 ) -> None:
-    results.record_operation_finished(operation_id, ok=ok, error=error, power_state=power_state)
+    results.record_operation_finished(
+        operation_id, ok=ok, error=error, power_state=power_state, detail=detail
+    )
 
 
-@shared_task(name="berth.panel.power_state")
+@shared_task(name="berth.panel.power_state", **OBSERVATION_RETRY)
 def power_state(host_name: str, uuid: str, power_state: str, reason: str = "") -> None:
     results.record_power_state(host_name=host_name, uuid=uuid, power_state=power_state, reason=reason)
 
 
 @shared_task(name="berth.panel.reap_stale_operations")
 def reap_stale_operations() -> int:
-    """Fail operations a host never finished (worker lost mid-task), so none stays running."""
-    deadline = timezone.now() - settings.BERTH_OPERATION_TIMEOUT
-    stale = Operation.objects.filter(
-        state__in=(Operation.State.QUEUED, Operation.State.RUNNING), created_at__lt=deadline
-    ).values_list("pk", flat=True)
-    for operation_id in stale:
-        results.record_operation_finished(
-            operation_id, ok=False, error="The host did not finish this operation in time."
-        )
-    return len(stale)
+    """End operations no host worker will finish (its worker died, or never took them up)."""
+    return len(reaping.reap_operations())
 
 
 @shared_task(name="berth.panel.reconcile_report")
 def reconcile_report(host_name: str, instances: list[dict[str, str]]) -> list[str]:
     from panel.instances.services.reconcile import reconcile_host  # noqa: PLC0415
 
-    return reconcile_host(host_name=host_name, instances=instances)
+    try:
+        return reconcile_host(host_name=host_name, instances=instances)
+    except DATABASE_ERRORS as exc:
+        logger.warning("reconcile report of %s dropped, the database is unreachable: %s", host_name, exc)
+        return []

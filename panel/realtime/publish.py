@@ -1,22 +1,42 @@
-"""The one way live events leave the panel: typed payloads sent, after commit, to the groups
-of everyone entitled to them (the instance's viewers, its owner, the staff)."""
+"""The one way live events leave the panel: typed payloads sent, after commit, to everyone
+entitled to them.
+
+Each event is appended to the *feeds* of those who may see it: ``berth:events:user.<id>`` (the
+instance's owner) and ``berth:events:staff`` (every admin), capped Redis streams. A feed is
+what ``/ws/events/`` follows (``panel/realtime/events.py``): the stream id of an entry is the
+event's sequence number, so a browser that reconnects asks for what it missed. State changes
+also go to the instance's own feed, ``berth:events:instance.<id>``, which its serial consoles
+follow (to close on suspension and termination), and to the channel-layer group
+``instance.<id>``, which its graphical consoles join.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.utils import timezone
+from redis.exceptions import RedisError
+
+from panel.realtime.redis import get_sync_redis
 
 logger = logging.getLogger(__name__)
 
 STAFF_GROUP = "staff"
+# Events a feed keeps for reconnecting browsers (approximately: Redis trims whole nodes).
+STAFF_FEED_LENGTH = 10_000
+USER_FEED_LENGTH = 1_000
+INSTANCE_FEED_LENGTH = 100  # consoles only need what happened since they connected
+FEED_TTL = 7 * 24 * 3600  # a customer's or instance's feed is dropped after a week without events
 
 
 def instance_group(instance_id: int) -> str:
+    """An instance's consoles: its feed (serial consoles) and channel-layer group (VNC)."""
     return f"instance.{instance_id}"
 
 
@@ -24,24 +44,44 @@ def user_group(user_id: int) -> str:
     return f"user.{user_id}"
 
 
-def host_group(host_id: int) -> str:
-    return f"host.{host_id}"
+def feed_stream(group: str) -> str:
+    return f"berth:events:{group}"
 
 
-def _send(groups: list[str], event: dict[str, Any]) -> None:
+def _append_to_feeds(feeds: list[str], event: dict[str, Any]) -> None:
+    body = json.dumps(event, separators=(",", ":"), cls=DjangoJSONEncoder)
+    try:
+        with get_sync_redis().pipeline(transaction=False) as pipe:
+            for group in feeds:
+                key = feed_stream(group)
+                if group == STAFF_GROUP:
+                    pipe.xadd(key, {"e": body}, maxlen=STAFF_FEED_LENGTH)
+                    continue
+                length = INSTANCE_FEED_LENGTH if group.startswith("instance.") else USER_FEED_LENGTH
+                pipe.xadd(key, {"e": body}, maxlen=length)
+                pipe.expire(key, FEED_TTL)
+            pipe.execute()
+    except RedisError:  # a dropped live event must never fail the state change itself
+        logger.exception("could not publish %s", event.get("type"))
+
+
+def _send_to_group(group: str, event: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    message = {"type": "berth.event", "event": event}
-    for group in groups:
-        try:
-            async_to_sync(layer.group_send)(group, message)
-        except Exception:  # a dropped live event must never fail the state change itself
-            logger.exception("could not publish %s to %s", event.get("type"), group)
+    try:
+        async_to_sync(layer.group_send)(group, {"type": "berth.event", "event": event})
+    except Exception:
+        logger.exception("could not publish %s to %s", event.get("type"), group)
 
 
-def _send_on_commit(groups: list[str], event: dict[str, Any]) -> None:
-    transaction.on_commit(lambda: _send(groups, event))
+def _publish(event: dict[str, Any], *, feeds: list[str], instance_id: int | None = None) -> None:
+    def send() -> None:
+        _append_to_feeds(feeds, event)
+        if instance_id is not None:
+            _send_to_group(instance_group(instance_id), event)
+
+    transaction.on_commit(send)
 
 
 def instance_payload(instance) -> dict[str, Any]:
@@ -64,8 +104,8 @@ def publish_instance(instance, *, previous_state: str | None = None) -> None:
         "previous_state": previous_state,
         "at": timezone.now().isoformat(),
     }
-    groups = [instance_group(instance.pk), user_group(instance.customer.user_id), STAFF_GROUP]
-    _send_on_commit(groups, event)
+    _publish(event, feeds=[user_group(instance.customer.user_id), STAFF_GROUP, instance_group(instance.pk)],
+             instance_id=instance.pk)
     from panel.webhooks.services import (
         enqueue_state_change,  # noqa: PLC0415 (webhooks → api → here)
     )
@@ -87,8 +127,7 @@ def publish_operation(operation) -> None:
         },
         "at": timezone.now().isoformat(),
     }
-    groups = [instance_group(instance.pk), user_group(instance.customer.user_id), STAFF_GROUP]
-    _send_on_commit(groups, event)
+    _publish(event, feeds=[user_group(instance.customer.user_id), STAFF_GROUP])
 
 
 def publish_host(host) -> None:
@@ -97,4 +136,4 @@ def publish_host(host) -> None:
         "host": {"id": host.pk, "name": host.name, "status": host.status},
         "at": timezone.now().isoformat(),
     }
-    _send_on_commit([host_group(host.pk), STAFF_GROUP], event)
+    _publish(event, feeds=[STAFF_GROUP])

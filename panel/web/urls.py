@@ -1,5 +1,4 @@
-from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from panel.web import views
 
@@ -7,7 +6,8 @@ urlpatterns = [
     path("", views.instance_list, name="instance-list"),
     path("instances/new/", views.instance_order, name="instance-order"),
     path("instances/<int:pk>/", views.instance_detail, name="instance-detail"),
+    path("instances/<int:pk>/part/<str:part>/", views.instance_part, name="instance-part"),
+    path("instances/<int:pk>/usage/", views.instance_usage, name="instance-usage"),
     path("instances/<int:pk>/<str:action>/", views.instance_action, name="instance-action"),
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", include("panel.accounts.urls")),
 ]

@@ -1,81 +1,26 @@
-// The instance page: actions without leaving the page, live operation rows, and the console.
+// The instance page's console: xterm.js over /ws/instances/<id>/console/ (the protocol is in
+// panel/realtime/consoles.py). It reconnects with backoff while the instance runs and resumes
+// where it was: it adds up the bytes it rendered since the server's last "cursor" message
+// and reconnects with ?resume=<boot>:<offset>, so nothing is shown twice or lost. The server
+// answers "reset" when that point is no longer kept (the screen is redrawn from the
+// scrollback) and "gap" when this browser fell too far behind a flood. A data-url with
+// ?mode=ro watches without typing. Actions, history, tabs and graphs are in instance-page.js.
 (function () {
   "use strict";
-  const actions = document.getElementById("actions");
-  const instanceId = Number(actions.dataset.instance);
-  const actionStates = JSON.parse(document.getElementById("action-states").textContent);
-  const progress = document.getElementById("operation-progress");
-  let state = document.querySelector(`[data-instance-state="${instanceId}"]`).textContent.trim();
-
-  function refreshButtons() {
-    actions.querySelectorAll("button[data-action]").forEach((button) => {
-      button.disabled = !actionStates[button.dataset.action].includes(state);
-    });
-  }
-
-  actions.querySelectorAll("form.action-form").forEach((form) => {
-    form.addEventListener("submit", async (e) => {
-      e.preventDefault();
-      if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
-      const button = form.querySelector("button");
-      button.disabled = true;
-      const response = await fetch(form.action, {
-        method: "POST",
-        body: new FormData(form),
-        headers: { Accept: "application/json" },
-        credentials: "same-origin",
-      });
-      const body = await response.json().catch(() => ({}));
-      if (!response.ok) {
-        progress.textContent = body.detail || "The action could not be started.";
-        refreshButtons();
-      } else {
-        progress.textContent = `${button.textContent} queued…`;
-      }
-    });
-  });
-
-  const OP_RANK = { queued: 0, running: 1, succeeded: 2, failed: 2 };
-
-  function upsertOperation(op) {
-    let row = document.getElementById(`operation-${op.id}`);
-    if (row && OP_RANK[row.querySelector(".op-state").textContent] > OP_RANK[op.state]) return false;
-    if (!row) {
-      row = document.createElement("tr");
-      row.id = `operation-${op.id}`;
-      row.innerHTML = '<td></td><td class="op-state"></td><td></td><td class="op-error"></td>';
-      row.cells[0].textContent = op.action.replace("_", " ");
-      row.cells[2].textContent = new Date().toLocaleTimeString();
-      document.getElementById("operations").prepend(row);
-    }
-    row.querySelector(".op-state").textContent = op.state;
-    row.querySelector(".op-error").textContent = op.error || "";
-    return true;
-  }
-
-  document.addEventListener("berth:event", (e) => {
-    const event = e.detail;
-    if (event.type === "instance.state" && event.instance.id === instanceId) {
-      state = event.instance.state;
-      document.getElementById("instance-ipv4").textContent = event.instance.ipv4.join(", ") || "—";
-      refreshButtons();
-      if (state === "running") consoleView.connect();
-    } else if (event.type === "operation" && event.operation.instance === instanceId) {
-      const op = event.operation;
-      if (!upsertOperation(op)) return;  // a late report of an operation already finished
-      const label = op.action.replace("_", " ");
-      progress.textContent = op.state === "failed" ? `${label} failed: ${op.error}` :
-        op.state === "succeeded" ? "" : `${label} ${op.state}…`;
-    }
-  });
-
-  // --- console -------------------------------------------------------------------------
   const consoleEl = document.getElementById("console");
   const statusEl = document.getElementById("console-status");
-  const consoleView = {
-    term: null, fit: null, ws: null, delay: 500,
+  const instanceId = Number(consoleEl.dataset.instance);
+  const LIVE_STATES = ["running", "rebooting", "provisioning"];
+  const CLOSE_ENDED = 4000;  // the server closed it: the instance was suspended or terminated
+  let state = document.querySelector(`[data-instance-state="${instanceId}"]`).textContent.trim();
+
+  const view = {
+    term: null, fit: null, ws: null, delay: 500, cursor: null,
+    readOnly: new URL(consoleEl.dataset.url, location.href).searchParams.get("mode") === "ro",
+
     setup() {
-      this.term = new Terminal({ convertEol: false, cursorBlink: true, scrollback: 5000,
+      this.term = new Terminal({ convertEol: false, cursorBlink: !this.readOnly, scrollback: 5000,
+                                 disableStdin: this.readOnly,
                                  fontFamily: "ui-monospace, Menlo, Consolas, monospace", fontSize: 14 });
       this.fit = new FitAddon.FitAddon();
       this.term.loadAddon(this.fit);
@@ -86,41 +31,69 @@
       this.term.onResize(({ cols, rows }) => this.sendResize(cols, rows));
       window.addEventListener("resize", () => this.fit.fit());
     },
-    send(bytes) { if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(bytes); },
+
+    url() {
+      const url = new URL(consoleEl.dataset.url, location.href);
+      url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+      if (this.cursor) url.searchParams.set("resume", `${this.cursor.boot}:${this.cursor.offset}`);
+      return url.toString();
+    },
+
+    send(bytes) {
+      if (!this.readOnly && this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(bytes);
+    },
+
     sendResize(cols, rows) {
-      if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+      if (!this.readOnly && this.ws && this.ws.readyState === WebSocket.OPEN) {
         this.ws.send(JSON.stringify({ type: "resize", cols, rows }));
       }
     },
+
+    control(message) {
+      if (message.type === "cursor") {
+        const at = message.resume.lastIndexOf(":");
+        this.cursor = { boot: message.resume.slice(0, at), offset: Number(message.resume.slice(at + 1)) };
+      } else if (message.type === "reset") {
+        this.term.reset();
+        this.cursor = null;
+      } else if (message.type === "gap") {
+        statusEl.textContent = `This browser fell behind: ${message.skipped_bytes} bytes of output were skipped.`;
+      } else if (message.type === "state") {
+        state = message.state;
+      } else if (message.type === "error") {
+        statusEl.textContent = message.detail;
+      }
+    },
+
     connect() {
       if (this.ws && this.ws.readyState <= WebSocket.OPEN) return;
-      if (!["running", "rebooting", "provisioning"].includes(state)) {
+      if (!LIVE_STATES.includes(state)) {
         statusEl.textContent = "The console is available while the instance is running.";
         return;
       }
-      const scheme = location.protocol === "https:" ? "wss" : "ws";
-      const ws = new WebSocket(`${scheme}://${location.host}${consoleEl.dataset.url}`);
+      const ws = new WebSocket(this.url());
       ws.binaryType = "arraybuffer";
       this.ws = ws;
       ws.onopen = () => {
         this.delay = 500;
-        statusEl.textContent = "Connected.";
+        statusEl.textContent = this.readOnly ? "Connected, read-only." : "Connected.";
         consoleEl.dataset.connected = "true";
-        this.term.reset();
+        if (!this.cursor) this.term.reset();  // a fresh start: the whole scrollback follows
         this.sendResize(this.term.cols, this.term.rows);
-        this.term.focus();
+        if (!this.readOnly) this.term.focus();
       };
       ws.onmessage = (msg) => {
         if (typeof msg.data === "string") {
-          const control = JSON.parse(msg.data);
-          if (control.type === "error") statusEl.textContent = control.detail;
+          try { this.control(JSON.parse(msg.data)); } catch (err) { console.error("bad control message", err); }
           return;
         }
-        this.term.write(new Uint8Array(msg.data));
+        const bytes = new Uint8Array(msg.data);
+        this.term.write(bytes);
+        if (this.cursor) this.cursor.offset += bytes.length;
       };
-      ws.onclose = () => {
+      ws.onclose = (event) => {
         consoleEl.dataset.connected = "false";
-        if (["running", "rebooting", "provisioning"].includes(state)) {
+        if (event.code !== CLOSE_ENDED && LIVE_STATES.includes(state)) {
           statusEl.textContent = "Disconnected; reconnecting…";
           setTimeout(() => this.connect(), this.delay);
           this.delay = Math.min(this.delay * 2, 10000);
@@ -130,6 +103,15 @@
       };
     },
   };
-  consoleView.setup();
-  consoleView.connect();
+
+  document.addEventListener("berth:event", (e) => {
+    const event = e.detail;
+    if (event.type === "instance.state" && event.instance.id === instanceId) {
+      state = event.instance.state;
+      if (state === "running") view.connect();
+    }
+  });
+
+  view.setup();
+  view.connect();
 })();

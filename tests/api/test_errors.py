@@ -59,6 +59,8 @@ def test_validation_errors_are_listed_per_field(api, customer, plan, image, host
     ("customer", 2**70),
     ("customer", "no-such-customer"),
     ("customer", ""),
+    ("customer", "ext\x00id"),      # PostgreSQL text cannot hold NUL: refused before the lookup
+    ("external_id", "ext\x00id"),
 ])
 def test_wrong_types_and_values_are_400(api, customer, plan, image, host, sent_tasks, field, value):
     body = assert_problem(order(api, customer, plan, image, **{field: value}), 400, "validation-error")

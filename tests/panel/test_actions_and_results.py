@@ -170,4 +170,4 @@ def test_reaper_fails_stale_operations(instance, settings):
     assert reap_stale_operations() == 1
     instance.refresh_from_db()
     assert instance.state == S.ERROR
-    assert "did not finish" in instance.operations.get().error
+    assert "did not take this operation up within 15 minutes" in instance.operations.get().error

@@ -4,22 +4,19 @@ host (its own name, bridge, subnet, state dir, uid range) with its host worker a
 The processes share the test database (PostgreSQL) and Redis database 1 with the tests. Tests
 that use the stack need ``transactional_db`` so what they write is visible to the processes.
 Everything the host made is swept when the session ends.
+
+The host also runs VMs: its image dir gets the ``tiny`` VM image (copied from the VM tests'
+cache) and its state dir the KVM-or-TCG verdict those tests cached, so the agent reports
+``vms`` at its first heartbeats instead of after a 17 s probe boot (it probes when none is
+cached). ``stack.seed()`` makes a ``vm`` plan and the ``tiny`` image row too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import time
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -30,67 +27,16 @@ from django.utils import timezone
 from panel.catalog.models import Image, Plan
 from panel.hosts.models import Host
 from panel.hosts.services import register_host
-from workers.config import load_host_settings
+from tests.stack import launcher
 from workers.drivers.base import InstanceSpec
-from workers.drivers.registry import get_driver
 
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = REPO / ".venv" / "bin"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Tests and tools import these from here; they live in the launcher.
+VENV_BIN = launcher.VENV_BIN
+free_port = launcher.free_port
 
 
-@dataclass
-class Stack:
-    url: str
-    host_env: dict[str, str]
-    network: str
-    image_dir: Path
-    log_dir: Path
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-
-    @property
-    def host_name(self) -> str:
-        return self.host_env["BERTH_HOST_NAME"]
-
-    @property
-    def ws_url(self) -> str:
-        return self.url.replace("http://", "ws://")
-
-    def logs(self, name: str, tail: int = 60) -> str:
-        path = self.log_dir / f"{name}.log"
-        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
-        return "\n".join(lines[-tail:])
-
-    def all_logs(self) -> str:
-        return "\n".join(f"--- {name} ---\n{self.logs(name)}" for name in self.procs)
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        with open(self.log_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy
-            self.procs[name] = subprocess.Popen(
-                argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-
-    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-        proc = self.procs.get(name)
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        with contextlib.suppress(ProcessLookupError):  # pool children left in the group
-            os.killpg(proc.pid, signal.SIGKILL)
-
-    def host_driver(self, kind: str = "container"):
-        return get_driver(kind, load_host_settings(self.host_env).host)
+class Stack(launcher.Stack):
+    """The launcher's stack, with the rows its tests need."""
 
     def seed(self) -> dict:
         """Rows a stack test needs (the test database is flushed after every test)."""
@@ -107,80 +53,78 @@ class Stack:
         )
         plan = Plan.objects.create(name="ct-test", kind="container", vcpus=1, memory_mib=256, disk_gib=1)
         image = Image.objects.create(name="busybox", kind="container", path="busybox")
-        return {"host": Host.objects.get(pk=host.pk), "plan": plan, "image": image}
+        vm_plan = Plan.objects.create(name="vm-test", kind="vm", vcpus=1, memory_mib=256, disk_gib=1)
+        tiny_meta = self.image_dir / "tiny" / "metadata.json"
+        tiny = json.loads(tiny_meta.read_text()) if tiny_meta.exists() else {}
+        vm_image = Image.objects.create(name="tiny", kind="vm", path="tiny",
+                                        checksum=tiny.get("checksum", ""),
+                                        size_bytes=tiny.get("size_bytes", 0))
+        return {"host": Host.objects.get(pk=host.pk), "plan": plan, "image": image,
+                "vm_plan": vm_plan, "vm_image": vm_image}
 
-
-def _wait_http(url: str, timeout: float, stack: Stack) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url + "login/", timeout=2)
-            return
-        except OSError:
+    def wait_for_vms(self, timeout: float = 60) -> Host:
+        """Block until the agent's heartbeat says the host runs VMs (its KVM/TCG check is done)."""
+        failed = self.image_dir / "tiny-failed.txt"
+        if failed.exists():
+            raise RuntimeError(f"the tiny VM image could not be prepared: {failed.read_text()}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            host = Host.objects.get(name=self.host_name)
+            if host.supports_vms and host.virt_type:
+                return host
             time.sleep(0.2)
-    raise RuntimeError(f"web server did not start:\n{stack.all_logs()}")
+        raise RuntimeError(f"host {self.host_name} never reported VMs:\n{self.all_logs()}")
 
 
 @pytest.fixture(scope="session")
 def stack(django_db_setup, django_db_blocker):
+    with running_stack() as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_stack(*, redis_url: str | None = None, database_url: str | None = None,
+                  beat: bool = False, panel_env: dict[str, str] | None = None):
+    """Start a stack; by default on the tests' own Redis and database. Fault tests give it a
+    Redis of their own (to restart it) or a database URL through a proxy (to cut it), and
+    ``beat`` for the periodic tasks (expiring heartbeats, reaping, reconciling)."""
+    db = connection.settings_dict
+    with launcher.launch(
+        database_url=database_url or f"postgres://{db['USER']}@{db['HOST']}/{db['NAME']}",
+        redis_url=redis_url or settings.REDIS_URL, secret_key=settings.SECRET_KEY,
+        prepare=_prepare_images, sweep=sweep_host, stack_class=Stack, beat=beat, panel_env=panel_env,
+    ) as stack:
+        yield stack
+
+
+def _prepare_images(image_dir: Path, state_dir: Path) -> None:
     from workers.images.busybox import build_busybox
 
-    # Not pytest's tmp dir: it is 0700, and container root (an unprivileged host uid) and QEMU
-    # must be able to reach the state and image dirs.
-    root = Path(tempfile.mkdtemp(prefix="berth-stack-", dir="/var/tmp"))
-    root.chmod(0o711)
-    image_dir = root / "images"
-    image_dir.mkdir()
     build_busybox(image_dir, lambda _: None)
-    suffix = secrets.token_hex(3)
-    net = 200 + secrets.randbelow(50)
-    host_env = {
-        "BERTH_HOST_NAME": f"t{suffix}",
-        "BERTH_REDIS_URL": settings.REDIS_URL,
-        "BERTH_STATE_DIR": str(root / "host"),
-        "BERTH_IMAGE_DIR": str(image_dir),
-        "BERTH_BRIDGE": f"bt{suffix}",
-        "BERTH_GATEWAY": f"10.{net}.{secrets.randbelow(250)}.1",
-        "BERTH_PREFIXLEN": "24",
-        "BERTH_UID_BASE": str(300_000_000 + secrets.randbelow(1000) * 65536 * 64),
-        "BERTH_UID_SLOTS": "64",
-        "BERTH_HEARTBEAT_SECONDS": "1",
-    }
-    db = connection.settings_dict
-    panel_env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "panel.settings",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}/{db['NAME']}",
-        "REDIS_URL": settings.REDIS_URL,
-        "SECRET_KEY": settings.SECRET_KEY,
-        "BERTH_IMAGE_DIR": str(image_dir),
-        "CONN_MAX_AGE": "0",
-        "LOG_LEVEL": "INFO",
-    }
-    port = free_port()
-    stack = Stack(url=f"http://127.0.0.1:{port}/", host_env=host_env,
-                  network=host_env["BERTH_GATEWAY"].rsplit(".", 1)[0] + ".0/24",
-                  image_dir=image_dir, log_dir=root)
-    celery = str(VENV_BIN / "celery")
-    host_proc_env = {**os.environ, **host_env}
     try:
-        stack.start("web", [str(VENV_BIN / "uvicorn"), "panel.asgi:application", "--host", "127.0.0.1",
-                            "--port", str(port), "--ws", "websockets-sansio", "--lifespan", "off"], panel_env)
-        stack.start("panel-worker", [celery, "-A", "panel", "worker", "-Q", "panel", "-n",
-                                     f"panel-{suffix}@%h", "--concurrency", "2"], panel_env)
-        stack.start("host-worker", [celery, "-A", "workers.hostworker", "worker", "-Q",
-                                    f"host.{host_env['BERTH_HOST_NAME']}", "-n", f"host-{suffix}@%h",
-                                    "--concurrency", "2"], host_proc_env)
-        stack.start("agent", [str(VENV_BIN / "python"), "-m", "workers.agent"], host_proc_env)
-        _wait_http(stack.url, 30, stack)
-        yield stack
-    finally:
-        for name in list(stack.procs):
-            stack.stop(name)
-        sweep_host(stack)
-        if os.environ.get("BERTH_TEST_SHOW_LOGS"):
-            print(stack.all_logs())
-        shutil.rmtree(root, ignore_errors=True)
+        _add_vm_image(image_dir, state_dir)
+    except Exception as exc:  # container tests go on; VM tests fail in wait_for_vms, saying why
+        (image_dir / "tiny-failed.txt").write_text(f"{exc.__class__.__name__}: {exc}\n")
+
+
+def _add_vm_image(image_dir: Path, state_dir: Path) -> None:
+    """The tiny VM image (built once into the VM tests' cache, ~65 MB copied) and the cached
+    KVM-or-TCG verdict; QEMU (libvirt-qemu) must traverse every directory down to them."""
+    from tests.workers.drivers.vm_fixtures import IMAGE_DIR, TEST_ROOT, _mkdir_searchable
+    from workers.drivers.vm.daemons import ensure_daemons
+    from workers.images.vm_tiny import build_vm_tiny
+
+    ensure_daemons()
+    _mkdir_searchable(TEST_ROOT)
+    _mkdir_searchable(IMAGE_DIR)
+    built = build_vm_tiny(IMAGE_DIR, lambda _: None)
+    shutil.copytree(built.path, image_dir / "tiny", copy_function=shutil.copyfile)
+    (image_dir / "tiny").chmod(0o755)
+    image_dir.chmod(0o755)
+    state_dir.mkdir(mode=0o711)
+    verdict = TEST_ROOT / "virtualization.json"
+    if verdict.exists():
+        shutil.copyfile(verdict, state_dir / "virtualization.json")
 
 
 @pytest.fixture(autouse=True)
@@ -193,13 +137,21 @@ def _fresh_host(request):
 
 
 def destroy_instances(stack: Stack) -> None:
-    driver = stack.host_driver("container")
-    for status in driver.list_instances():
-        spec_path = Path(stack.host_env["BERTH_STATE_DIR"]) / "containers" / status.uuid / "spec.json"
-        try:
-            driver.destroy(InstanceSpec.from_dict(json.loads(spec_path.read_text())))
-        except Exception as exc:  # keep sweeping the rest
-            print(f"sweep: {status.uuid}: {exc}")
+    launcher.destroy_containers(stack)
+    vms = stack.host_driver("vm")
+    for status in vms.list_instances():
+        try:  # destroy() needs only the uuid: domain, overlay, config disk, serial log
+            vms.destroy(_vm_spec(status.uuid))
+        except Exception as exc:
+            print(f"sweep: VM {status.uuid}: {exc}")
+
+
+def _vm_spec(uuid: str) -> InstanceSpec:
+    return InstanceSpec.from_dict({
+        "uuid": uuid, "kind": "vm", "hostname": "sweep", "vcpus": 1, "memory_mib": 64,
+        "disk_gib": 1, "image": {"name": "tiny", "path": "tiny"},
+        "network": {"address": "0.0.0.0", "prefixlen": 24, "gateway": "", "mac": "", "bridge": ""},
+    })
 
 
 def sweep_host(stack: Stack) -> None:

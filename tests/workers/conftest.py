@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import os
 import re
@@ -26,25 +27,26 @@ from workers.drivers.base import HostConfig, ImageSpec, InstanceSpec, NetworkSpe
 from workers.drivers.container import ContainerDriver, firewall, network
 from workers.drivers.container.cgroups import CgroupLayout
 from workers.drivers.container.console import ShimConsole
-from workers.drivers.container.state import ContainerPaths, veth_name
+from workers.drivers.container.state import ContainerPaths, root_uid, veth_name
 from workers.drivers.container.syscalls import MNT_DETACH, umount
 from workers.images.base import BuiltImage
 from workers.images.busybox import build_busybox
 from workers.images.debian import build_debian
 
 REPO = Path(__file__).resolve().parents[2]
-SHIM_SOURCE = REPO / "workers" / "shim" / "berth-shim.c"
+SHIM_DIR = REPO / "workers" / "shim"
 SHIM = REPO / "var" / "bin" / "berth-shim"
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\r")
 
 
 @pytest.fixture(scope="session")
 def shim_binary() -> Path:
-    """The shim, built with the lead's Makefile command when missing or older than its source."""
-    if not SHIM.exists() or SHIM.stat().st_mtime < SHIM_SOURCE.stat().st_mtime:
+    """The shim, built as bootstrap.sh does when missing or older than its sources."""
+    sources = sorted(SHIM_DIR.glob("*.[ch]"))
+    if not SHIM.exists() or SHIM.stat().st_mtime < max(p.stat().st_mtime for p in sources):
         SHIM.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["cc", "-O2", "-Wall", "-o", str(SHIM), str(SHIM_SOURCE)], check=True,
-                       cwd=REPO)
+        subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-o", str(SHIM),
+                        *[str(p) for p in sources if p.suffix == ".c"]], check=True, cwd=REPO)
     return SHIM
 
 
@@ -132,8 +134,8 @@ def host_leftovers(driver: ContainerDriver) -> dict[str, list[str]]:
 
 
 def _nft_table(host: HostConfig) -> bool:
-    return subprocess.run(["nft", "list", "table", "bridge", firewall.table_name(host)],
-                          capture_output=True).returncode == 0
+    return any(subprocess.run(["nft", "list", "table", family, firewall.table_name(host)],
+                              capture_output=True).returncode == 0 for family in ("bridge", "inet"))
 
 
 def container_leftovers(driver: ContainerDriver, uuid: str) -> dict[str, list[str]]:
@@ -318,3 +320,38 @@ async def attach(ct_driver: ContainerDriver) -> AsyncIterator[Callable[..., Awai
 @pytest.fixture
 def leftovers(ct_driver: ContainerDriver) -> Callable[[str], dict[str, list[str]]]:
     return lambda uuid: container_leftovers(ct_driver, uuid)
+
+
+def copy_in(driver: ContainerDriver, spec: InstanceSpec, source: Path, dest: str) -> None:
+    """Copy a host file into a running container, executable, created with its root's uid
+    (host root's uid 0 is not mapped in the container, so its overlay refuses files owned by
+    it)."""
+    pid, uid = driver.status(spec.uuid).pid, root_uid(driver.host, spec.uid_slot)
+    data = source.read_bytes()
+    child = os.fork()
+    if child == 0:  # pragma: no cover
+        code = 1
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.setfsgid(uid)
+            libc.setfsuid(uid)  # keeps CAP_SYS_PTRACE, needed for /proc/<pid>/root
+            target = Path(f"/proc/{pid}/root/{dest}")
+            target.write_bytes(data)
+            target.chmod(0o755)
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+
+
+@pytest.fixture(scope="session")
+def static_program(tmp_path_factory) -> Callable[[str, str], Path]:
+    """``static_program(name, c_source)``: a static binary built from C (busybox images have
+    no compiler and no libc to link against)."""
+    def build(name: str, source: str) -> Path:
+        src = tmp_path_factory.mktemp(name) / f"{name}.c"
+        src.write_text(source)
+        subprocess.run(["cc", "-static", "-O2", "-o", str(src.with_suffix("")), str(src),
+                        "-lpthread"], check=True)
+        return src.with_suffix("")
+    return build

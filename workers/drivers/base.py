@@ -90,8 +90,12 @@ class InstanceSpec:
     network: NetworkSpec
     uid_slot: int = 0  # containers: index of the instance's 65536-id range on the host
     pids_max: int = 512
-    root_password: str = ""
+    root_password: str = ""  # a crypt(3) hash ("$6$…"), never the password itself
     ssh_keys: tuple[str, ...] = ()
+    # Application containers (OCI images) only: ``command`` replaces the image's Cmd (its
+    # Entrypoint stays, as with ``docker run IMAGE COMMAND``); ``env`` is added to its Env.
+    command: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -104,6 +108,8 @@ class InstanceSpec:
         data["image"] = ImageSpec(**data["image"])
         data["network"] = NetworkSpec(**data["network"])
         data["ssh_keys"] = tuple(data.get("ssh_keys", ()))
+        data["command"] = tuple(data.get("command") or ())
+        data["env"] = dict(data.get("env") or {})
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +134,37 @@ class InstanceStats:
     net_rx_bytes: int
     net_tx_bytes: int
     disk_used_bytes: int
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot of an instance's disk as its host keeps it (``drivers/<kind>/snapshots.py``)."""
+
+    name: str
+    size_bytes: int  # what it takes on the host's disk
+    with_memory: bool = False  # a VM taken while running: its memory too (a restore resumes it)
+    created_at: float = 0.0  # Unix time
+
+
+class DiskStore(Protocol):
+    """Snapshots of one kind's instances, and the consistent copies of a disk that backups and
+    moves between hosts archive (``workers/backups.py``). Every method is safe to retry."""
+
+    def take(self, spec: InstanceSpec, name: str) -> SnapshotInfo: ...
+
+    def restore(self, spec: InstanceSpec, name: str) -> InstanceStatus: ...
+
+    def delete(self, spec: InstanceSpec, name: str) -> None: ...
+
+    def list(self, uuid: str) -> list[SnapshotInfo]: ...
+
+    def export_disk(self, spec: InstanceSpec, dest_dir: Path) -> Path:
+        """A consistent copy of the instance's current disk in ``dest_dir`` (running or not)."""
+
+    def install_disk(self, spec: InstanceSpec, disk: Path, *, start: bool) -> InstanceStatus:
+        """Make ``disk`` (from ``export_disk``, maybe on another host) the instance's disk: the
+        instance is created around it when the host does not have it, else its disk is
+        replaced (stopped first). Started afterwards when ``start``."""
 
 
 @dataclass(frozen=True)

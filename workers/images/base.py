@@ -3,7 +3,7 @@
 Layout: ``<image_dir>/<name>/rootfs/`` holds the tree, ``<image_dir>/<name>/image.json`` holds
 the build result (size, checksum) and the boot config (``ImageConfig``). A tree is built in a
 temporary sibling directory and renamed into place, so a half-built image is never mistaken for
-a cached one.
+a cached one. Imported OCI images (``oci.py``) use the same layout below ``<image_dir>/oci/``.
 """
 
 from __future__ import annotations
@@ -22,17 +22,46 @@ META = "image.json"
 
 
 @dataclass(frozen=True)
+class AppConfig:
+    """An application image (imported from OCI): its process is the workload, run by Berth's
+    small init (berth-init, PID 1), as the image's user, in its working directory.
+
+    The command line is ``entrypoint + cmd``; an order may replace ``cmd`` (as ``docker run
+    IMAGE COMMAND...`` does). ``volumes`` are directories kept across upgrades: ``/data`` and
+    those the image declares (``VOLUME``), on the container's disk beside its writable layer.
+    """
+
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    uid: int = 0
+    gid: int = 0
+    groups: tuple[int, ...] = ()  # supplementary groups (the user's in the image's /etc/group)
+    workdir: str = "/"
+    volumes: tuple[str, ...] = ("/data",)
+    exposed_ports: tuple[str, ...] = ()  # e.g. "8080/tcp"; informational (no NAT: own address)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AppConfig:
+        tuples = ("entrypoint", "cmd", "groups", "volumes", "exposed_ports")
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
+
+
+@dataclass(frozen=True)
 class ImageConfig:
     """How the container driver starts an image."""
 
     init: tuple[str, ...] = ("/sbin/init",)
     env: dict[str, str] = field(default_factory=dict)
     # Signal that asks PID 1 to shut down: SIGTERM for a shell or busybox init, SIGPWR for
-    # sysvinit (its inittab "powerfail" entry runs the shutdown).
+    # sysvinit (its inittab "powerfail" entry runs the shutdown). For an application image,
+    # berth-init forwards it to the workload (the image's STOPSIGNAL).
     stop_signal: str = "SIGTERM"
     # PID 1 is the interactive console shell itself (so `echo $$` prints 1); the driver then
     # installs a TERM trap through $ENV and helps the shell out of its line editor on stop.
     console_shell: bool = False
+    # Set for application images: PID 1 is berth-init and the workload its child (``init``
+    # then only records entrypoint + cmd, for people reading image.json).
+    app: AppConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +121,8 @@ def load_config(image_path: Path) -> ImageConfig | None:
     except (OSError, ValueError, KeyError):
         return None
     data["init"] = tuple(data["init"])
+    if data.get("app") is not None:
+        data["app"] = AppConfig.from_dict(data["app"])
     return ImageConfig(**data)
 
 

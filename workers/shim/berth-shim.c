@@ -1,10 +1,11 @@
 /*
- * berth-shim: the per-container monitor that outlives Berth's workers (like conmon or
- * LXC's monitor, in a few hundred KiB of RSS).
+ * berth-shim: starts a container and then stays with it as its monitor and console server
+ * (like conmon or LXC's monitor, in a few hundred KiB of RSS).
  *
- * The container driver's monitor process execs this program once the container is up,
- * handing over the console pty (master and one slave fd), a listening UNIX socket and the
- * host pid of the container's PID 1, which is our child (execve keeps children).
+ * `berth-shim launch` (launch.c) runs the namespace sequence: it clones the container's PID 1
+ * into new namespaces, sets its user namespace up, and PID 1 builds the container's root and
+ * console before it execs the image's init. The same process then serves the console (this
+ * file) with PID 1 as its child:
  *
  *  - Container output is read continuously into a 256 KiB ring ("scrollback"), so the
  *    container never blocks on a full pty when nobody is attached. Bytes are numbered from 0
@@ -19,19 +20,18 @@
  *  - Holding a slave fd keeps the pty from hanging up while no container process has it open
  *    (e.g. between two getty runs), so reading the master never spins on POLLHUP. login(1)'s
  *    vhangup() hangs that fd up too: then the shim takes a fresh one (TIOCGPTPEER).
- *  - As child subreaper (set before exec) it reaps PID 1 and any orphan. When PID 1 exits it
- *    writes the wait status to the exit file, drains the pty, sends 'x' to every client and
- *    exits (after at most DRAIN_MS if a client does not read). On the way out it removes the
- *    console socket and the container's (now empty) cgroups, so a container that stops by
- *    itself leaves only its state directory behind.
+ *  - It reaps PID 1. When PID 1 exits it writes the wait status to the exit file, drains the
+ *    pty, sends 'x' to every client and exits (after at most DRAIN_MS if a client does not
+ *    read). On the way out it removes the console socket and the container's (now empty)
+ *    cgroups; the host agent has the driver tidy the rest (firewall rules, runtime files).
  *
- * Build: cc -O2 -Wall -o var/bin/berth-shim workers/shim/berth-shim.c
- * Usage: berth-shim -m MASTER_FD -s SLAVE_FD -l LISTEN_FD -p PID1 -e EXIT_FILE [-r READY_FD]
- *                   [-x EXEC_STATUS_FD] [-S SOCKET_PATH] [-c CGROUP_DIR]... [-n NAME]
- *
- * READY_FD gets "ready\n" once the shim serves the console, or "error <message>\n" if PID 1
- * could not exec its init: EXEC_STATUS_FD is a pipe whose write end PID 1 held close-on-exec,
- * so EOF without data means the exec succeeded, and "E <message>" is its error.
+ * Build: cc -O2 -Wall -Wextra -o var/bin/berth-shim workers/shim/berth-shim.c
+ *        workers/shim/launch.c workers/shim/init.c
+ * (launch.c starts the container; init.c is berth-init, which PID 1 of an application
+ * container runs)
+ * The ready fd gets "ready\n" once the shim serves the console, or "error <message>\n" if
+ * PID 1 could not exec its init: the exec status fd is a pipe whose write end PID 1 held
+ * close-on-exec, so EOF without data means the exec succeeded, and "E <message>" is its error.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -50,6 +50,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "shim.h"
+
 #define RING_SIZE (256u * 1024u)
 #define MAX_CLIENTS 64
 #define MAX_IN_PAYLOAD 16384u   /* largest frame a client may send */
@@ -62,7 +64,6 @@
 #ifndef TIOCGPTPEER
 #define TIOCGPTPEER _IO('T', 0x41)
 #endif
-#define MAX_CGROUPS 16
 
 struct client {
 	int fd;
@@ -422,43 +423,20 @@ static void report_readiness(int exec_fd, int ready_fd)
 	}
 }
 
-static int parse_fd(const char *s)
+int serve(const struct serve_args *a)
 {
-	char *end;
-	long v = strtol(s, &end, 10);
-	return (*s && !*end && v >= 0 && v < 1 << 20) ? (int)v : -1;
-}
-
-int main(int argc, char **argv)
-{
-	int ready_fd = -1, exec_fd = -1, sig_fd, opt;
+	int sig_fd;
 	sigset_t mask;
 	int64_t deadline = -1, quiet_until = -1, last_words_until = -1;
 
-	while ((opt = getopt(argc, argv, "m:s:l:p:e:r:x:S:c:n:")) != -1) {
-		switch (opt) {
-		case 'm': master_fd = parse_fd(optarg); break;
-		case 's': slave_fd = parse_fd(optarg); break;
-		case 'l': listen_fd = parse_fd(optarg); break;
-		case 'p': pid1 = (pid_t)parse_fd(optarg); break;
-		case 'e': exit_file = optarg; break;
-		case 'r': ready_fd = parse_fd(optarg); break;
-		case 'x': exec_fd = parse_fd(optarg); break;
-		case 'S': socket_path = optarg; break;
-		case 'c':
-			if (n_cgroups < MAX_CGROUPS)
-				cgroup_dirs[n_cgroups++] = optarg;
-			break;
-		case 'n': break; /* container name, only for ps */
-		default: return 2;
-		}
-	}
-	if (master_fd < 0 || listen_fd < 0 || pid1 <= 0 || !exit_file) {
-		fprintf(stderr, "usage: %s -m MASTER_FD -s SLAVE_FD -l LISTEN_FD -p PID1 -e EXIT_FILE "
-				"[-r READY_FD] [-x EXEC_STATUS_FD] [-S SOCKET_PATH] [-c CGROUP_DIR]... "
-				"[-n NAME]\n", argv[0]);
-		return 2;
-	}
+	master_fd = a->master_fd;
+	slave_fd = a->slave_fd;
+	listen_fd = a->listen_fd;
+	pid1 = a->pid1;
+	exit_file = a->exit_file;
+	socket_path = a->socket_path;
+	for (int i = 0; i < a->n_cgroups && i < MAX_CGROUPS; i++)
+		cgroup_dirs[n_cgroups++] = a->cgroup_dirs[i];
 
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
@@ -473,7 +451,7 @@ int main(int argc, char **argv)
 	}
 	fcntl(master_fd, F_SETFL, fcntl(master_fd, F_GETFL) | O_NONBLOCK);
 	fcntl(listen_fd, F_SETFL, fcntl(listen_fd, F_GETFL) | O_NONBLOCK);
-	report_readiness(exec_fd, ready_fd);
+	report_readiness(a->exec_fd, a->ready_fd);
 	reap(); /* PID 1 may have exited before the signalfd existed */
 
 	for (;;) {
@@ -563,4 +541,15 @@ int main(int argc, char **argv)
 			drop_client(i);
 	remove_cgroups();
 	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc >= 1) /* the process title's room: PID 1 of an application container reuses it */
+		set_title_area(argv[0], argv[argc - 1] + strlen(argv[argc - 1]) + 1);
+	if (argc >= 2 && strcmp(argv[1], "launch") == 0)
+		return launch_main(argc - 1, argv + 1);
+	fprintf(stderr, "usage: %s launch -S SOCKET_PATH -n NAME  (config on fd 3, see launch.c)\n",
+		argv[0]);
+	return 2;
 }

@@ -47,14 +47,29 @@ def _original_plan_id(instance: Instance) -> int:
     return instance.plan_id
 
 
+def _original_image_id(instance: Instance) -> int:
+    """The image the instance was ordered with (an upgrade or rollback records the one before)."""
+    first_switch = (
+        instance.operations.filter(action__in=(Operation.Action.UPGRADE, Operation.Action.ROLLBACK))
+        .order_by("created_at", "id")
+        .first()
+    )
+    if first_switch is not None and first_switch.params.get("previous_image"):
+        return int(first_switch.params["previous_image"])
+    return instance.image_id
+
+
 def _same_order(instance: Instance, *, customer: Customer, plan: Plan, image: Image,
-                hostname: str) -> OrderResult:
+                hostname: str, command: list[str] | None = None,
+                env: dict[str, str] | None = None) -> OrderResult:
     differences = {}
+    if (instance.app_command or None, instance.app_env or {}) != (command or None, env or {}):
+        differences["command"] = "command or env differ from the service made with this external_id"
     if instance.customer_id != customer.pk:
         differences["customer"] = "differs from the service made with this external_id"
     if _original_plan_id(instance) != plan.pk:
         differences["plan"] = "differs from the service made with this external_id"
-    if instance.image_id != image.pk:
+    if _original_image_id(instance) != image.pk:
         differences["image"] = "differs from the service made with this external_id"
     try:
         normalised = validate_hostname(hostname)
@@ -75,13 +90,16 @@ def order_service(
     image: Image,
     hostname: str,
     actor=None,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> OrderResult:
     """Order an instance for the billing system, once per ``external_id``.
 
     Raises IdempotencyConflict for a reused id with a different order, and whatever
     ``order_instance`` raises (InvalidOrder, QuotaExceeded, CapacityError) for a new one.
     """
-    order = {"customer": customer, "plan": plan, "image": image, "hostname": hostname}
+    order = {"customer": customer, "plan": plan, "image": image, "hostname": hostname,
+             "command": command, "env": env}
     existing = Instance.objects.filter(external_id=external_id).first()
     if existing is not None:
         return _same_order(existing, **order)
@@ -96,7 +114,7 @@ def order_service(
                 return _same_order(existing, **order)
             instance = order_instance(
                 customer=customer, plan=plan, image=image, hostname=hostname, actor=actor,
-                source=Operation.Source.API, external_id=external_id,
+                source=Operation.Source.API, external_id=external_id, command=command, env=env,
             )
     except IntegrityError:
         # The unique constraint is the last line of defence (a retry under another customer

@@ -19,6 +19,7 @@ from panel.api.serializers import (
     ServiceOrderedSerializer,
     ServiceSerializer,
     SuspendSerializer,
+    UpgradeSerializer,
     UsageQuerySerializer,
     UsageSerializer,
 )
@@ -201,6 +202,31 @@ class ServiceChangePlan(ServiceAction):
         return {"plan": data.validated_data["plan"].pk}, ""
 
     @_action_schema("change_plan", "Change the plan (same kind only)", request=ChangePlanSerializer)
+    def post(self, request, id: int):
+        return super().post(request, id)
+
+
+class ServiceUpgrade(ServiceAction):
+    action_name = A.UPGRADE
+    problem_statuses = {"post": (400, 404, 409, 415)}
+
+    def parse(self, request) -> tuple[dict, str]:
+        data = UpgradeSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return {"image": data.validated_data["image"].pk}, ""
+
+    @_action_schema(
+        "upgrade", "Run another application image (a new version) with the same address and "
+                   "volumes; the writable layer starts afresh", request=UpgradeSerializer)
+    def post(self, request, id: int):
+        return super().post(request, id)
+
+
+class ServiceRollback(ServiceAction):
+    action_name = A.ROLLBACK
+    problem_statuses = {"post": (400, 404, 409)}
+
+    @_action_schema("rollback", "Back to the image before the last upgrade (409 when there is none)")
     def post(self, request, id: int):
         return super().post(request, id)
 

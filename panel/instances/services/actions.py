@@ -1,13 +1,13 @@
 """Requesting actions on an existing instance (start, stop, reboot, rebuild, change plan,
-suspend, unsuspend, terminate): checked and recorded under the instance's row lock, sent to
-the host after commit."""
+suspend, unsuspend, terminate, and for application containers upgrade and rollback): checked
+and recorded under the instance's row lock, sent to the host after commit."""
 
 from __future__ import annotations
 
 from django.db import transaction
 
 from panel.audit import services as audit
-from panel.catalog.models import Plan
+from panel.catalog.models import Image, InstanceKind, Plan
 from panel.hosts.models import Host
 from panel.hosts.placement import capacity_problem, host_usage
 from panel.instances.dispatch import dispatch_operation
@@ -66,6 +66,8 @@ def request_action(
             )
         if action == A.CHANGE_PLAN:
             params = _reserve_plan_change(instance, params)
+        if action in (A.UPGRADE, A.ROLLBACK):
+            params = _switch_image(instance, action, params)
         if action == A.UNSUSPEND:
             params["start"] = instance.state_before_suspend == S.RUNNING
         if action == A.SUSPEND:
@@ -93,6 +95,36 @@ def request_action(
         publish_operation(operation)
         dispatch_operation(operation)
     return operation
+
+
+def _switch_image(instance: Instance, action: str, params: dict) -> dict:
+    """Check the image an upgrade (or rollback) runs; switch the instance to it, keeping the
+    one it leaves for a rollback. A failed operation switches back (results.py)."""
+    current = instance.image
+    if instance.kind != InstanceKind.CONTAINER or not current.is_app:
+        raise InvalidOrder({"image": f"Only application containers (imported OCI images) can be "
+                                     f"upgraded; {current.name} is a system image: rebuild reinstalls it."})
+    if action == A.ROLLBACK:
+        target = instance.previous_image
+        if target is None:
+            raise InstanceStateError(instance, "There is no earlier image to roll back to: "
+                                               "the instance was never upgraded.")
+    else:
+        target = Image.objects.filter(pk=params.get("image") if isinstance(params.get("image"), int)
+                                      else None, is_active=True).first()
+        if target is None:
+            raise InvalidOrder({"image": "Choose an image that exists and can be ordered."})
+        if target.kind != InstanceKind.CONTAINER or not target.is_app:
+            raise InvalidOrder({"image": f"{target.name} is not an application image; an upgrade "
+                                         "runs another version of an application."})
+        if target.pk == current.pk:
+            raise InvalidOrder({"image": f"The instance already runs {current.name}."})
+    params = {"image": target.pk, "previous_image": current.pk,
+              "kept_previous_image": instance.previous_image_id,
+              "start": instance.state != S.STOPPED}
+    instance.previous_image, instance.image = current, target
+    instance.save(update_fields=["previous_image", "image", "updated_at"])
+    return params
 
 
 def _reserve_plan_change(instance: Instance, params: dict) -> dict:

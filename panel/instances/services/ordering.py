@@ -12,11 +12,13 @@ from django.db.models import Sum
 from panel.accounts.models import Customer
 from panel.audit import services as audit
 from panel.catalog.models import Image, Plan
+from panel.catalog.oci import app_option_errors
 from panel.hosts.models import IpAddress
 from panel.hosts.placement import place
+from panel.hosts.services import record_placement_failure
 from panel.instances.dispatch import dispatch_operation
 from panel.instances.models import Instance, InstanceState, Operation
-from panel.instances.services.errors import InvalidOrder, QuotaExceeded
+from panel.instances.services.errors import CapacityError, InvalidOrder, QuotaExceeded
 from panel.instances.validators import validate_hostname
 from panel.realtime.publish import publish_instance
 
@@ -27,8 +29,9 @@ def _random_mac() -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
 
 
-def _check_order(*, plan: Plan, image: Image, hostname: str) -> str:
-    errors: dict[str, str] = {}
+def _check_order(*, plan: Plan, image: Image, hostname: str, command: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> str:
+    errors: dict[str, str] = app_option_errors(image, command=command, env=env)
     try:
         hostname = validate_hostname(hostname)
     except ValidationError as exc:
@@ -42,6 +45,16 @@ def _check_order(*, plan: Plan, image: Image, hostname: str) -> str:
     if errors:
         raise InvalidOrder(errors)
     return hostname
+
+
+def _ordered_with(customer: Customer, idempotency_key: str) -> Instance | None:
+    operation = (
+        Operation.objects.select_related("instance")
+        .filter(instance__customer=customer, action=Operation.Action.CREATE,
+                params__order_token=idempotency_key)
+        .first()
+    )
+    return operation.instance if operation else None
 
 
 def check_quota(customer: Customer, *, vcpus: int, memory_mib: int, extra_instances: int = 1) -> None:
@@ -73,19 +86,56 @@ def order_instance(
     external_id: str | None = None,
     ssh_keys: str = "",
     root_password_hash: str = "",
+    idempotency_key: str = "",
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Instance:
     """Place and reserve a new instance, and queue its creation on the chosen host.
 
+    ``idempotency_key`` (the order form's one-time token): the same key again returns the
+    instance it already ordered instead of a second one. ``command`` and ``env``: for an
+    application image, replace its Cmd and add to its Env.
+
     Raises InvalidOrder, QuotaExceeded or CapacityError; nothing is written when it does.
     """
-    hostname = _check_order(plan=plan, image=image, hostname=hostname)
+    hostname = _check_order(plan=plan, image=image, hostname=hostname, command=command, env=env)
+    try:
+        return _place_and_reserve(
+            customer=customer, plan=plan, image=image, hostname=hostname, actor=actor,
+            source=source, external_id=external_id, ssh_keys=ssh_keys,
+            root_password_hash=root_password_hash, idempotency_key=idempotency_key,
+            command=command, env=env or {},
+        )
+    except CapacityError as exc:
+        # Outside the rolled-back transaction, so the admin can see why the order was refused.
+        record_placement_failure(
+            plan=plan, customer=customer, hostname=hostname, reasons=exc.reasons,
+            actor=actor, source=source,
+        )
+        raise
+
+
+def _place_and_reserve(
+    *, customer: Customer, plan: Plan, image: Image, hostname: str, actor, source: str,
+    external_id: str | None, ssh_keys: str, root_password_hash: str, idempotency_key: str,
+    command: list[str] | None, env: dict[str, str],
+) -> Instance:
     with transaction.atomic():
         # Locking the customer row serialises one customer's orders, so two cannot both pass
         # the quota check; placement then locks the host rows for the same reason.
         customer = Customer.objects.select_for_update().get(pk=customer.pk)
+        if idempotency_key:
+            # After the lock: a second post of the same form waits for the first to commit.
+            earlier = _ordered_with(customer, idempotency_key)
+            if earlier is not None:
+                if (earlier.plan_id, earlier.image_id, earlier.hostname) != (plan.pk, image.pk, hostname):
+                    raise InvalidOrder({"order": f"This order form was already used to order "
+                                                 f"{earlier.hostname}. Reload the page to order another instance."})
+                return earlier
         check_quota(customer, vcpus=plan.vcpus, memory_mib=plan.memory_mib)
         placement = place(
-            kind=plan.kind, vcpus=plan.vcpus, memory_mib=plan.memory_mib, disk_gib=plan.disk_gib
+            kind=plan.kind, vcpus=plan.vcpus, memory_mib=plan.memory_mib, disk_gib=plan.disk_gib,
+            allowed_hosts=list(plan.hosts.values_list("pk", flat=True)), plan_name=plan.name,
         )
         instance = Instance.objects.create(
             customer=customer,
@@ -100,6 +150,8 @@ def order_instance(
             uid_slot=placement.uid_slot,
             ssh_keys=ssh_keys,
             root_password_hash=root_password_hash,
+            app_command=command or None,
+            app_env=env,
         )
         IpAddress.objects.create(
             pool=placement.host.ip_pool, address=placement.address, instance=instance
@@ -109,6 +161,7 @@ def order_instance(
             action=Operation.Action.CREATE,
             source=source,
             requested_by=actor if actor is not None and actor.is_authenticated else None,
+            params={"order_token": idempotency_key} if idempotency_key else {},
         )
         audit.record(
             action="instance.order",

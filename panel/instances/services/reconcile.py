@@ -1,13 +1,18 @@
 """Comparing what a host really runs with what the panel believes, after every reconcile.
 
-Differences move the instance's state (with an audit entry saying why). Instances on the host
-that the panel does not know are listed for the admin on the host's facts, never deleted.
+Differences move the instance's state (with an audit entry saying why). A VM whose vCPUs or
+memory were edited on the host (virsh) gets an audit entry saying what differs from its plan,
+and so does a container whose host-side pieces were removed (a deleted network link).
+Instances on the host that the panel does not know are listed for the admin on the host's
+facts, never deleted.
 """
 
 from __future__ import annotations
 
 from django.db import transaction
 
+from panel.audit import services as audit
+from panel.audit.models import AuditEntry
 from panel.hosts.models import Host
 from panel.instances.models import InstanceState
 from panel.instances.services.results import record_power_state
@@ -15,7 +20,7 @@ from panel.instances.services.results import record_power_state
 SETTLED = (InstanceState.RUNNING, InstanceState.STOPPED, InstanceState.REBOOTING, InstanceState.ERROR)
 
 
-def reconcile_host(*, host_name: str, instances: list[dict[str, str]]) -> list[str]:
+def reconcile_host(*, host_name: str, instances: list[dict]) -> list[str]:
     """Apply one host's report; returns the uuids of orphans (on the host, unknown here)."""
     host = Host.objects.filter(name=host_name).first()
     if host is None:
@@ -35,6 +40,9 @@ def reconcile_host(*, host_name: str, instances: list[dict[str, str]]) -> list[s
             reason="Reconcile: the instance is no longer on its host." if power == "absent"
             else f"Reconcile: the host reports it {power}.",
         )
+    _record_config_drift(host, {item["uuid"]: item for item in instances if "vcpus" in item})
+    _record_missing_pieces(host, {item["uuid"]: item["problems"] for item in instances
+                                  if item.get("problems")})
     orphans = sorted(set(observed) - set(known))
     with transaction.atomic():
         host = Host.objects.select_for_update().get(pk=host.pk)
@@ -42,3 +50,43 @@ def reconcile_host(*, host_name: str, instances: list[dict[str, str]]) -> list[s
             host.facts = {**host.facts, "orphans": orphans}
             host.save(update_fields=["facts"])
     return orphans
+
+
+def _record_config_drift(host: Host, configured: dict[str, dict]) -> None:
+    """Audit each VM defined on the host with other vCPUs or memory than its plan, once per
+    difference (a later reconcile that finds the same one stays quiet). An instance with an
+    operation under way (a plan change not applied yet) is left for the next reconcile."""
+    from panel.instances.services.actions import active_operation  # noqa: PLC0415 (cycle)
+
+    for instance in host.instances.live().filter(uuid__in=list(configured)).select_related("plan"):
+        if active_operation(instance) is not None:
+            continue
+        seen, plan = configured[instance.uuid.hex], instance.plan
+        diffs = [f"{seen[key]} {unit} on the host, {want} in plan {plan.name}"
+                 for key, unit, want in (("vcpus", "vCPU", plan.vcpus),
+                                         ("memory_mib", "MiB", plan.memory_mib))
+                 if seen[key] != want]
+        if not diffs:
+            continue
+        message = ("Changed on the host behind Berth's back: " + "; ".join(diffs)
+                   + ". A plan change or a rebuild puts the plan's values back.")
+        last = (AuditEntry.objects.filter(action="instance.config_drift", target_type="instance",
+                                          target_id=str(instance.pk))
+                .order_by("-at", "-id").values_list("message", flat=True).first())
+        if last != message:
+            audit.record(action="instance.config_drift", source=AuditEntry.Source.SYSTEM,
+                         target=instance, message=message, data={"host": seen})
+
+
+def _record_missing_pieces(host: Host, problems: dict[str, list[str]]) -> None:
+    """Audit each instance whose host-side pieces were removed behind Berth's back (a deleted
+    network link), once per finding. Nothing is repaired or deleted: the admin and the
+    customer decide (a stop and start makes the pieces again)."""
+    for instance in host.instances.live().filter(uuid__in=list(problems)):
+        message = "Changed on the host behind Berth's back: " + "; ".join(problems[instance.uuid.hex]) + "."
+        last = (AuditEntry.objects.filter(action="instance.drift", target_type="instance",
+                                          target_id=str(instance.pk))
+                .order_by("-at", "-id").values_list("message", flat=True).first())
+        if last != message:
+            audit.record(action="instance.drift", source=AuditEntry.Source.SYSTEM,
+                         target=instance, message=message, data={"problems": problems[instance.uuid.hex]})

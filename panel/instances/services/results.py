@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 A = Operation.Action
 S = InstanceState
 
-STATE_WHILE_RUNNING = {A.CREATE: S.PROVISIONING, A.REBOOT: S.REBOOTING, A.REBUILD: S.PROVISIONING}
+STATE_WHILE_RUNNING = {A.CREATE: S.PROVISIONING, A.REBOOT: S.REBOOTING, A.REBUILD: S.PROVISIONING,
+                       A.UPGRADE: S.PROVISIONING, A.ROLLBACK: S.PROVISIONING}
 
 STATE_ON_SUCCESS = {
     A.CREATE: S.RUNNING,
@@ -73,8 +74,11 @@ def record_operation_progress(operation_id: int, *, progress: str) -> None:
 
 
 def record_operation_finished(
-    operation_id: int, *, ok: bool, error: str = "", power_state: str | None = None
+    operation_id: int, *, ok: bool, error: str = "", power_state: str | None = None,
+    detail: str = "",
 ) -> None:
+    """``detail`` is the host's note on how it went (e.g. "forced off after 10 s", "takes
+    effect at the next stop and start"); a succeeded operation keeps it as its progress text."""
     with transaction.atomic():
         operation = _lock_operation(operation_id)
         if operation is None or operation.is_finished:
@@ -85,7 +89,7 @@ def record_operation_finished(
         operation.error = "" if ok else (error or "The host reported a failure without details.")
         operation.started_at = operation.started_at or now
         operation.finished_at = now
-        operation.progress = ""
+        operation.progress = detail[:200] if ok else ""
         operation.save(update_fields=["state", "error", "started_at", "finished_at", "progress"])
         instance = Instance.objects.select_for_update().get(pk=operation.instance_id)
         if never_started:
@@ -129,6 +133,17 @@ def _apply_failure(operation: Operation, instance: Instance, power_state: str | 
     if action == A.CHANGE_PLAN and operation.params.get("previous_plan"):
         instance.plan_id = operation.params["previous_plan"]
         instance.save(update_fields=["plan", "updated_at"])
+    if action in (A.UPGRADE, A.ROLLBACK) and operation.params.get("previous_image"):
+        # The host runs the image before again (or never left it): so does the record.
+        instance.image_id = operation.params["previous_image"]
+        instance.previous_image_id = operation.params.get("kept_previous_image")
+        instance.save(update_fields=["image", "previous_image", "updated_at"])
+        observed = POWER_TO_STATE.get(power_state or "")
+        if observed and (observed == instance.state or observed in ALLOWED_TRANSITIONS[instance.state]):
+            transition(instance.pk, observed)
+        else:
+            transition(instance.pk, S.ERROR, error=operation.error)
+        return
     if action in (A.CREATE, A.TERMINATE, A.REBUILD):
         transition(instance.pk, S.ERROR, error=operation.error)
         return

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import os
 import re
 import socket
 import subprocess
@@ -12,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.workers.conftest import copy_in
 from workers.drivers.container.state import ContainerPaths, root_uid
 
 pytestmark = pytest.mark.root
@@ -60,25 +59,36 @@ async def test_pid_namespace_hides_the_host_and_other_containers(pair, ct_driver
     assert nspid and nspid.groups() == (str(host_pid_of_a), "1")
 
 
-async def test_mounts_stay_inside_and_the_host_tree_is_unreachable(pair, ct_host, ct_root, attach):
+async def test_mounts_stay_inside_and_the_host_tree_is_unreachable(pair, ct_driver, ct_host,
+                                                                 ct_root, attach):
     a, b = [await attach(spec.uuid) for spec in pair]
     assert set((await a.run("ls /")).split()) <= {
         "bin", "sbin", "usr", "etc", "root", "tmp", "var", "home", "mnt", "proc", "sys", "dev", "run"}
     mounts = await a.run("cat /proc/self/mountinfo")
     assert str(ct_root) not in mounts and "/work/main" not in mounts  # no host path shows
     assert "shared:" not in mounts and "master:" not in mounts  # no propagation either way
-    await a.run("mount -t tmpfs none /mnt && touch /mnt/inside")
+    # container root may not mount (no CAP_SYS_ADMIN, seccomp); a mount made in its
+    # namespace from outside (as if it could) stays there
+    assert "permission denied" in await a.run("mount -t tmpfs none /mnt 2>&1")
+    pid = ct_driver.status(pair[0].uuid).pid
+    _host("nsenter", "-t", str(pid), "-m", "mount", "-t", "tmpfs", "none", "/mnt")
+    assert "/mnt" in (await a.run("cat /proc/self/mountinfo")).split()
     assert "/mnt" not in _host("cat", "/proc/self/mountinfo").split()
-    assert (await b.run("ls /mnt")).strip() == ""
+    assert "/mnt" not in (await b.run("cat /proc/self/mountinfo")).split()
     await a.run("rm /bin/ls")  # a whiteout in a's layer; the shared image is read-only
     assert (Path(ct_host.image_dir) / "busybox/rootfs/bin/ls").is_symlink()
     assert "/bin/ls" in await b.run("which ls")
 
 
-async def test_hostname_changes_stay_inside(pair, attach):
+async def test_hostname_changes_stay_inside(pair, ct_driver, attach):
     a, b = [await attach(spec.uuid) for spec in pair]
     before = socket.gethostname()
-    await a.run("hostname renamed-inside")
+    assert (await a.run("hostname")).strip() == pair[0].hostname
+    # the ordered name is the panel's: container root cannot change it (no CAP_SYS_ADMIN)...
+    assert "Operation not permitted" in await a.run("hostname renamed-inside 2>&1")
+    # ...and a change made in its UTS namespace from outside stays there
+    pid = ct_driver.status(pair[0].uuid).pid
+    _host("nsenter", "-t", str(pid), "-u", "hostname", "renamed-inside")
     assert (await a.run("hostname")).strip() == "renamed-inside"
     assert socket.gethostname() == before
     assert (await b.run("hostname")).strip() == pair[1].hostname
@@ -98,40 +108,16 @@ int main(void) {
 """
 
 
-def _copy_in(driver, host, spec, source: Path, dest: str) -> None:
-    """Copy a host file into a running container, created with its root's uid (host root's uid 0
-    is not mapped in the container, so its overlay refuses files owned by it)."""
-    pid, uid = driver.status(spec.uuid).pid, root_uid(host, spec.uid_slot)
-    data = source.read_bytes()
-    child = os.fork()
-    if child == 0:  # pragma: no cover
-        code = 1
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.setfsgid(uid)
-            libc.setfsuid(uid)  # keeps CAP_SYS_PTRACE, needed for /proc/<pid>/root
-            target = Path(f"/proc/{pid}/root/{dest}")
-            target.write_bytes(data)
-            target.chmod(0o755)
-            code = 0
-        finally:
-            os._exit(code)
-    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
-
-
 @pytest.fixture(scope="module")
-def ipc_helper(tmp_path_factory) -> Path:
+def ipc_helper(static_program) -> Path:
     """busybox has no ipcmk: a static program that makes a SysV queue and a POSIX queue."""
-    src = tmp_path_factory.mktemp("ipc") / "ipc.c"
-    src.write_text(IPC_HELPER)
-    subprocess.run(["cc", "-static", "-O2", "-o", str(src.with_suffix("")), str(src)], check=True)
-    return src.with_suffix("")
+    return static_program("ipc", IPC_HELPER)
 
 
 async def test_ipc_objects_are_invisible_across_containers_and_from_the_host(
         pair, ct_driver, ct_host, ipc_helper, attach):
     a, b = [await attach(spec.uuid) for spec in pair]
-    _copy_in(ct_driver, ct_host, pair[0], ipc_helper, "tmp/ipc")
+    copy_in(ct_driver, pair[0], ipc_helper, "tmp/ipc")
     assert "msg=" in await a.run("/tmp/ipc")
     key = str(0x4242)
     assert key in (await a.run("cat /proc/sysvipc/msg")).split()
@@ -160,7 +146,7 @@ async def test_proc_and_sys_do_not_reveal_the_host(pair, attach):
     assert (await console.run("ls /sys/firmware | wc -l")).strip() == "0"
     assert (await console.run("ls /sys/fs/cgroup | wc -l")).strip() == "0"
     assert "Read-only file system" in await console.run("touch /sys/kernel/x 2>&1")
-    assert "Permission denied" in await console.run("echo 1 > /proc/sys/vm/drop_caches 2>&1")
+    assert "Read-only file system" in await console.run("echo 1 > /proc/sys/vm/drop_caches 2>&1")
 
 
 def _ping_from(out: str) -> bool:
@@ -187,20 +173,31 @@ async def test_containers_of_different_customers_cannot_reach_each_other(ct_driv
             await asyncio.to_thread(ct_driver.destroy, spec)
 
 
-async def test_a_container_cannot_take_another_address_or_mac(pair, ct_host, attach):
+async def test_a_container_cannot_take_another_address_or_mac(pair, ct_driver, ct_host, attach):
+    """Container root cannot reconfigure eth0 (no CAP_NET_ADMIN), but it can send raw frames
+    (CAP_NET_RAW): the bridge must hold even against a tenant in full control of its network
+    namespace, which the test plays from outside with nsenter."""
     a = await attach(pair[0].uuid)
     gateway, own = ct_host.gateway, pair[0].network.address
     victim = pair[1].network
+    pid = str(ct_driver.status(pair[0].uuid).pid)
+
+    async def as_net_admin(command: str) -> None:
+        await asyncio.to_thread(_host, "nsenter", "-t", pid, "-n", *command.split())
+
+    assert "Operation not permitted" in await a.run("ip link set eth0 address 02:de:ad:be:ef:01 2>&1")
     assert _ping_from(await a.run(f"ping -c 1 -W 1 {gateway}"))
-    await a.run(f"ip addr add {victim.address}/32 dev eth0")
+    await as_net_admin(f"ip addr add {victim.address}/32 dev eth0")
     assert not _ping_from(await a.run(f"ping -c 1 -W 1 -I {victim.address} {gateway}"))
     # a gratuitous ARP claiming the neighbour's address must not reach the host's cache
     await a.run(f"arping -U -c 2 -I eth0 -s {victim.address} {victim.address}")
     assert pair[0].network.mac not in _host("ip", "neigh", "show", victim.address)
-    await a.run(f"ip addr del {victim.address}/32 dev eth0")
-    await a.run("ip link set eth0 address 02:de:ad:be:ef:01; ip neigh flush all")
+    await as_net_admin(f"ip addr del {victim.address}/32 dev eth0")
+    await as_net_admin("ip link set eth0 address 02:de:ad:be:ef:01")
+    await as_net_admin("ip neigh flush all")
     assert not _ping_from(await a.run(f"ping -c 1 -W 1 {gateway}"))
-    await a.run(f"ip link set eth0 address {pair[0].network.mac}; ip neigh flush all")
+    await as_net_admin(f"ip link set eth0 address {pair[0].network.mac}")
+    await as_net_admin("ip neigh flush all")
     assert _ping_from(await a.run(f"ping -c 1 -W 2 {gateway}"))
     assert own in await a.run("ip -4 addr show eth0")
 

@@ -203,16 +203,43 @@ async def test_a_container_that_exits_by_itself_is_stopped(container, ct_driver,
         await console.expect("never printed", timeout=2)
     assert console.session.exit_status is not None
     assert os.WEXITSTATUS(console.session.exit_status) == 3
-    # the shim removed the cgroups, the kernel the veth; the bridge rules wait for stop/start
+    # the shim removed the cgroups, the kernel the veth; the bridge rules wait for reap(),
+    # which the host agent calls when it sees the container stop
     deadline = time.monotonic() + 5
     while set(leftovers(container.uuid)) != {"files", "firewall"} and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert set(leftovers(container.uuid)) == {"files", "firewall"}
-    status = ct_driver.status(container.uuid)
+    status = await asyncio.to_thread(ct_driver.reap, container.uuid)
     assert (status.state, status.detail) == (PowerState.STOPPED, "exited with status 3")
-    await asyncio.to_thread(ct_driver.stop, container)
     assert set(leftovers(container.uuid)) == {"files"}
+    paths = ContainerPaths.of(ct_driver.host, container.uuid)
+    assert paths.disk.exists() and paths.exit_status.exists()  # data and the reason stay
+    assert ct_driver.status(container.uuid).detail == "exited with status 3"
     assert (await asyncio.to_thread(ct_driver.start, container)).state == PowerState.RUNNING
+
+
+def test_reap_leaves_running_and_busy_containers_alone(container, ct_driver, leftovers):
+    import fcntl
+
+    before = ct_driver.status(container.uuid)
+    assert ct_driver.reap(container.uuid) == before  # running: nothing to tidy
+    assert {"processes", "links", "cgroups", "firewall"} <= set(leftovers(container.uuid))
+    paths = ContainerPaths.of(ct_driver.host, container.uuid)
+    os.kill(before.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while ct_driver.status(container.uuid).state != PowerState.STOPPED and time.monotonic() < deadline:
+        time.sleep(0.02)
+    fd = os.open(paths.dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # an operation (say, a start) holds the container
+        started = time.monotonic()
+        assert ct_driver.reap(container.uuid).state == PowerState.STOPPED
+        assert time.monotonic() - started < 1  # it does not wait for the operation
+        assert "firewall" in leftovers(container.uuid)  # and leaves the tidying to it
+    finally:
+        os.close(fd)
+    ct_driver.reap(container.uuid)
+    assert set(leftovers(container.uuid)) == {"files"}
 
 
 def test_change_plan_applies_new_limits_live(container, ct_driver):

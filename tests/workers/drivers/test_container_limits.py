@@ -44,7 +44,8 @@ async def test_a_fork_bomb_is_contained(small, ct_driver, attach):
     usage = cgroup.stats()
     assert usage.pids_limit_hits > 0
     assert usage.pids_current <= small.pids_max
-    assert (await console.run("echo $$")).strip() == "1"  # a builtin: no fork needed
+    # a builtin: no fork needed (the bomb's own complaints may interleave)
+    assert (await console.run("echo $$")).splitlines()[-1] == "1"
 
 
 async def test_cpu_quota_holds_two_busy_loops_to_one_cpu(small, ct_driver, attach):

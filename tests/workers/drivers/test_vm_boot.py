@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.workers.drivers.vm_fixtures import (
+    hash_password,
     libvirt_daemons,
     make_spec,
     read_until,
@@ -24,6 +25,7 @@ from workers.drivers.base import PowerState
 from workers.drivers.vm.events import LifecycleWatcher
 from workers.drivers.vm.naming import domain_name
 from workers.drivers.vm.storage import InstanceFiles
+from workers.images.vm_debian import DIRECTORY as VM_DEBIAN_DIRECTORY
 
 # pytest finds these fixtures by name in this module's namespace.
 _FIXTURES = (libvirt_daemons, virtualization, vm_bridge, vm_debian_image, vm_driver, vm_host, vm_tiny_image)
@@ -42,7 +44,7 @@ def _domain_names() -> list[str]:
 
 
 async def test_console_from_first_line_input_and_poweroff_event(vm_driver, vm_host):
-    spec = make_spec(vm_host, root_password="s3cret", ssh_keys=("ssh-ed25519 AAAAtest k@t",))
+    spec = make_spec(vm_host, root_password=hash_password("s3cret"), ssh_keys=("ssh-ed25519 AAAAtest k@t",))
     events: list[tuple[str, PowerState, str]] = []
     stopped = threading.Event()
 
@@ -225,7 +227,8 @@ def test_virtualization_verdict_has_a_reason(virtualization):
 
 async def test_debian_boots_to_login_with_its_password_and_shuts_down_gracefully(
         vm_driver, vm_host, vm_debian_image):
-    spec = make_spec(vm_host, image="debian-12", root_password="pw-Berth-1", memory_mib=512)
+    spec = make_spec(vm_host, image="debian-12", image_path=VM_DEBIAN_DIRECTORY,
+                     root_password=hash_password("pw-Berth-1"), memory_mib=512)
     await asyncio.to_thread(vm_driver.create, spec)
     for boot in (1, 2):  # the password is applied once and still works after a restart
         session = await vm_driver.open_console(

@@ -100,11 +100,11 @@ def _files(host: HostConfig, uuid: str):  # noqa: ANN202 - test helper
 
 
 def make_spec(host: HostConfig, *, image: str = "tiny", address: str = "10.253.7.10",
-              **overrides: object) -> InstanceSpec:
+              image_path: str | None = None, **overrides: object) -> InstanceSpec:
     uuid = secrets.token_hex(16)
     fields: dict[str, object] = dict(
         uuid=uuid, kind="vm", hostname=f"vm-{uuid[:6]}", vcpus=1, memory_mib=256, disk_gib=1,
-        image=ImageSpec(name=image, path=image),
+        image=ImageSpec(name=image, path=image_path or image),
         network=NetworkSpec(address=address, prefixlen=24, gateway=host.gateway,
                             mac="52:54:00:" + ":".join(uuid[i:i + 2] for i in (0, 2, 4)),
                             bridge=host.bridge),
@@ -132,3 +132,9 @@ async def read_until(session: LibvirtConsoleSession, needle: bytes, timeout: flo
             pytest.fail(f"console ended before {needle!r}; tail: {bytes(buf[-600:])!r}")
         buf += chunk[1]
     return bytes(buf)
+
+
+def hash_password(password: str) -> str:
+    """SHA-512 crypt hash, as the panel puts in a spec (password through stdin, not argv)."""
+    return subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password, text=True,
+                          capture_output=True, check=True).stdout.strip()

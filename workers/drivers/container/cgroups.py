@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,15 @@ class Cgroup(Protocol):
     def exists(self) -> bool: ...
 
     def add(self, pid: int) -> None: ...
+
+    def clone_into(self) -> str | None:
+        """A cgroup2 directory a new process can be born in (clone3 CLONE_INTO_CGROUP)."""
+
+    def needs_migration(self) -> bool:
+        """Whether a process born in ``clone_into()`` must still join other hierarchies."""
+
+    def add_after_clone(self, pid: int) -> None:
+        """Join ``pid`` (born in ``clone_into()``) to the hierarchies it is not in yet."""
 
     def procs(self) -> list[int]: ...
 
@@ -191,6 +201,18 @@ class CgroupV1:
         for path in self.dirs.values():
             _write(path / "cgroup.procs", pid)
 
+    def clone_into(self) -> str | None:
+        # Not the cgroup2 "unified" directory either: CLONE_INTO_CGROUP takes the cgroup_mutex,
+        # which the keep_warm migration holds through its RCU grace period, and the v1
+        # controllers need a migration anyway. PID 1 joins every hierarchy in one go.
+        return None
+
+    def needs_migration(self) -> bool:
+        return True
+
+    def add_after_clone(self, pid: int) -> None:
+        self.add(pid)
+
     def procs(self) -> list[int]:
         found: set[int] = set()
         for path in self.dirs.values():
@@ -270,6 +292,15 @@ class CgroupV2:
     def add(self, pid: int) -> None:
         _write(self.path / "cgroup.procs", pid)
 
+    def clone_into(self) -> str | None:
+        return str(self.path)
+
+    def needs_migration(self) -> bool:
+        return False
+
+    def add_after_clone(self, pid: int) -> None:
+        """Nothing: born in its cgroup."""
+
     def procs(self) -> list[int]:
         return _pids(self.path / "cgroup.procs")
 
@@ -310,6 +341,9 @@ class CgroupLayout:
 
     version: int
     bases: dict[str, Path] = field(default_factory=dict)
+    # a hierarchy the caller itself is in, for keep_warm: (mount point, root of the mount,
+    # the line prefix of /proc/self/cgroup that names the caller's cgroup in it)
+    own: tuple[Path, str, str] | None = None
 
     @classmethod
     def detect(cls, mountinfo: str | None = None, proc_cgroup: str | None = None,
@@ -349,16 +383,48 @@ class CgroupLayout:
             rel = os.path.relpath(own, mount_root) if own.startswith(mount_root) else own
             return (mount / rel.lstrip("/")).resolve() if rel != "." else mount
 
+        own = None
+        if v2_mounts:
+            own = (v2_mounts[0][0], v2_mounts[0][1], "0::")
+        elif "pids" in v1_mounts:
+            own = (*v1_mounts["pids"], "pids")
         if "memory" in v1_mounts:
             bases = {c: under(m, r, own_v1.get(c, "/")) for c, (m, r) in v1_mounts.items()}
             if v2_mounts:
                 mount, root = v2_mounts[0]
                 bases[UNIFIED] = under(mount, root, own_v2)
-            return cls(version=1, bases=bases)
+            return cls(version=1, bases=bases, own=own)
         if v2_mounts:
             mount, root = v2_mounts[0]
-            return cls(version=2, bases={"v2": under(mount, root, own_v2)})
+            return cls(version=2, bases={"v2": under(mount, root, own_v2)}, own=own)
         raise DriverError("no usable cgroup hierarchy: neither cgroup v1 memory nor cgroup2 is mounted")
+
+    def keep_warm(self, stop: threading.Event, period: float = 0.003, limit: float = 5.0) -> None:
+        """Keep cgroup migrations cheap until ``stop`` is set (at most ``limit`` seconds).
+
+        Every migration takes the kernel's cgroup_threadgroup_rwsem for writing, and the first
+        one after a quiet moment waits for an RCU grace period first (~10 ms on these VMs);
+        writers that follow within a grace period do not. So a start begins with a no-op
+        migration (this process into the cgroup it is already in), repeated every ``period``,
+        and PID 1's real migration, some milliseconds later, finds the wait already done.
+        """
+        if self.own is None:
+            return
+        mount, mount_root, prefix = self.own
+        current = next((line.split(":", 2)[2] for line in
+                        Path("/proc/self/cgroup").read_text().splitlines()
+                        if line.startswith(prefix) or f":{prefix}:" in f":{line}"), None)
+        if current is None or not current.startswith(mount_root):
+            return
+        procs = mount / os.path.relpath(current, mount_root) / "cgroup.procs"
+        deadline = time.monotonic() + limit
+        pid = str(os.getpid())
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                procs.write_text(pid)
+            except OSError:  # best effort: only speed is at stake
+                return
+            stop.wait(period)
 
     def group(self, relpath: str) -> Cgroup:
         """The cgroup ``relpath`` (e.g. "berth-dev/<uuid>") below our own cgroup."""

@@ -7,7 +7,9 @@ asyncio code call them through ``asyncio.to_thread``. Only ``open_console`` is a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import functools
 import json
 import os
 import re
@@ -27,7 +29,7 @@ from workers.drivers.base import (
     InstanceStatus,
     PowerState,
 )
-from workers.drivers.container import firewall, network, rootfs
+from workers.drivers.container import credentials, firewall, network, rootfs
 from workers.drivers.container.cgroups import Cgroup, CgroupLayout, Limits, from_paths
 from workers.drivers.container.console import ShimConsole, send_input
 from workers.drivers.container.reconcile import Orphan, find_orphans, shims_of_host
@@ -47,13 +49,15 @@ from workers.drivers.container.state import (
     write_atomic,
 )
 from workers.drivers.container.syscalls import MNT_DETACH, umount
-from workers.images.base import ImageConfig, load_config
+from workers.images.base import META, ImageConfig, load_config
 
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_SHIM = REPO / "var" / "bin" / "berth-shim"
 HOSTNAME_RE = re.compile(r"^(?=.{1,64}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$", re.I)
 SHELL_NUDGE = b"\x15\n"  # ^U clears a half-typed line, Enter makes ash leave its line editor
 SHIM_DRAIN = 3.0  # berth-shim gives clients 2 s to take the last output after PID 1 exits
+MAX_COMMAND = 256  # arguments (berth-shim's limit, with berth-init's own)
+MAX_ENV = 200  # variables, the image's and the order's together (berth-shim takes 256)
 
 
 class ContainerDriver:
@@ -166,6 +170,20 @@ class ContainerDriver:
             if present:
                 shutil.rmtree(paths.dir)
 
+    def reap(self, uuid: str) -> InstanceStatus:
+        """Tidy what a container whose PID 1 ended by itself (exit, poweroff, killed behind
+        Berth's back) still holds on the host: firewall rules, veth, cgroups, runtime files.
+        Its disk and spec stay: it is a stopped container. Does nothing to a running one, nor
+        while an operation holds the container (that operation tidies up itself)."""
+        paths = ContainerPaths.of(self.host, uuid)
+        with _flock(paths.dir, wait=False) as held:
+            if held is None or not paths.dir.exists():  # busy, or gone
+                return self._status(paths, uuid)
+            status = self._status(paths, uuid)
+            if status.state == PowerState.STOPPED:
+                self._teardown_runtime(paths, uuid)
+            return status
+
     def change_plan(self, spec: InstanceSpec) -> InstanceStatus:
         """New memory/CPU/pids limits, live on a running container; a bigger disk at next start."""
         self._validate(spec)
@@ -194,6 +212,48 @@ class ContainerDriver:
             paths.disk.unlink(missing_ok=True)
             self._make_dirs(spec, paths)
             return self._start_locked(spec, paths)
+
+    def upgrade(self, spec: InstanceSpec, *, start: bool = True, timeout: float = 10.0) -> InstanceStatus:
+        """Run another application image (a new version, or the one before: a rollback) as
+        the same container: same uuid, address, MAC and disk. The writable layer is the
+        image's and starts afresh; the volumes (/data and those the image declares) stay.
+        ``start``: start it afterwards (else it stays stopped). If the new image does not
+        start, the one before is started again and DriverError says so."""
+        self._validate(spec)
+        if self._image_config(spec).app is None:
+            raise DriverError(f"{spec.image.name} is not an application image: an upgrade "
+                              "replaces an application's image (a rebuild reinstalls a system image)")
+        paths = ContainerPaths.of(self.host, spec.uuid)
+        with self._locked(paths) as present:
+            if not present:
+                raise InstanceNotFound(f"container {spec.uuid} does not exist on {self.host.name}")
+            stored = read_json(paths.spec)
+            before = InstanceSpec.from_dict(stored) if stored else spec
+            if before.image.path == spec.image.path:  # done already (a retried operation)
+                write_atomic(paths.spec, json.dumps(spec.to_dict()))
+                status = self._status(paths, spec.uuid)
+                if start and status.state != PowerState.RUNNING:
+                    return self._start_locked(spec, paths)
+                return status
+            self._stop_locked(paths, spec.uuid, timeout=timeout)
+            self._reset_layer(paths)
+            write_atomic(paths.spec, json.dumps(spec.to_dict()))
+            if not start:
+                return self._status(paths, spec.uuid)
+            try:
+                return self._start_locked(spec, paths)
+            except DriverError as exc:
+                failure = str(exc)
+            # back to the image before, on a fresh layer too: the new one may have written
+            self._reset_layer(paths)
+            write_atomic(paths.spec, json.dumps(before.to_dict()))
+            try:
+                self._start_locked(before, paths)
+            except DriverError as exc:
+                raise DriverError(f"{spec.image.name} did not start ({failure}), and "
+                                  f"{before.image.name} did not start again either: {exc}") from None
+            raise DriverError(f"{spec.image.name} did not start: {failure}. {before.image.name} "
+                              "runs again, with its volumes and a fresh writable layer.")
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -248,12 +308,15 @@ class ContainerDriver:
         if not HOSTNAME_RE.match(spec.hostname):
             raise DriverError(f"invalid hostname {spec.hostname!r}")
         root_uid(self.host, spec.uid_slot)
+        credentials.check(spec.root_password, spec.ssh_keys)
         self._image_rootfs(spec)
+        self._run_config(spec)
         if len(str(ContainerPaths.of(self.host, spec.uuid).console)) > MAX_SOCKET_PATH:
             raise DriverError(f"state dir {self.host.state_dir} is too deep for a UNIX socket path")
         if not self.shim_path.is_file():
             raise DriverError(f"console shim {self.shim_path} is missing: build it with "
-                              "`cc -O2 -Wall -o var/bin/berth-shim workers/shim/berth-shim.c`")
+                              "scripts/bootstrap.sh (cc -O2 -o var/bin/berth-shim "
+                              "workers/shim/*.c)")
 
     def _image_path(self, spec: InstanceSpec) -> Path:
         path = Path(spec.image.path)
@@ -261,6 +324,8 @@ class ContainerDriver:
 
     def _image_rootfs(self, spec: InstanceSpec) -> Path:
         path = self._image_path(spec)
+        if (path / META).is_file() and (path / "rootfs").is_dir():
+            return path / "rootfs"  # an application image may have neither /bin nor /usr
         for candidate in (path / "rootfs", path):
             if (candidate / "bin").exists() or (candidate / "usr" / "bin").is_dir():
                 return candidate
@@ -273,6 +338,27 @@ class ContainerDriver:
         if (self._image_rootfs(spec) / "sbin" / "init").exists():
             return ImageConfig()
         return ImageConfig(init=("/bin/sh", "-l"), console_shell=True)
+
+    def _run_config(self, spec: InstanceSpec) -> ImageConfig:
+        """The image's config with the order's command and environment applied."""
+        config = self._image_config(spec)
+        if config.app is None:
+            if spec.command or spec.env:
+                raise DriverError(f"{spec.image.name} is a system image: only application "
+                                  "images (imported from OCI) take a command or environment")
+            return config
+        argv = config.app.entrypoint + (tuple(spec.command) or config.app.cmd)
+        if not argv:
+            raise DriverError(f"{spec.image.name} has no command (no Entrypoint or Cmd): "
+                              "order it with one")
+        env = {**config.env, "HOSTNAME": spec.hostname, **spec.env}
+        if len(argv) > MAX_COMMAND or len(env) > MAX_ENV:
+            raise DriverError(f"at most {MAX_COMMAND} command arguments and {MAX_ENV} "
+                              "environment variables")
+        for name in env:
+            if not name or "=" in name or "\0" in name:
+                raise DriverError(f"invalid environment variable name {name!r}")
+        return dataclasses.replace(config, init=argv, env=env)
 
     def _check_slot(self, spec: InstanceSpec) -> None:
         for uuid in self._uuids():
@@ -312,13 +398,17 @@ class ContainerDriver:
         cgroup = self.layout.group(cgroup_relpath(self.host, spec.uuid))
         self.layout.ensure_parent(self.host.cgroup_name)
         write_atomic(paths.cgroups, json.dumps(cgroup.paths()))
+        image, uid = self._image_rootfs(spec), root_uid(self.host, spec.uid_slot)
         plan = LaunchPlan(
-            uuid=spec.uuid, paths=paths, image_rootfs=self._image_rootfs(spec),
-            config=self._image_config(spec), hostname=spec.hostname,
-            root_uid=root_uid(self.host, spec.uid_slot), cgroup=cgroup, limits=_limits(spec),
+            uuid=spec.uuid, paths=paths, image_rootfs=image,
+            config=self._run_config(spec), hostname=spec.hostname,
+            root_uid=uid, cgroup=cgroup, layout=self.layout, limits=_limits(spec),
             veth=veth_name(spec.uuid), bridge=spec.network.bridge or self.host.bridge,
             network=spec.network, network_group=str(spec.extra.get("network_group", spec.uuid)),
             host=self.host, shim=self.shim_path,
+            provision=functools.partial(credentials.apply, image_rootfs=image, root_uid=uid,
+                                        root_password=spec.root_password,
+                                        ssh_keys=spec.ssh_keys),
         )
         try:
             launched = launch(plan, timeout=self.start_timeout)
@@ -396,12 +486,15 @@ class ContainerDriver:
             # first: the kernel tears the veth down with the netns meanwhile
             firewall.remove_port(self.host, veth_name(uuid))
         network.delete_link(veth_name(uuid))
-        for mountpoint in (paths.lower, paths.rw):  # left mounted by a monitor that died
-            if _is_mountpoint(mountpoint):
-                umount(mountpoint, MNT_DETACH)
+        if _is_mountpoint(paths.rw):  # left mounted by a start that died midway
+            umount(paths.rw, MNT_DETACH)
         for path in paths.runtime_files():
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+    def _reset_layer(self, paths: ContainerPaths) -> None:
+        if paths.disk.exists():
+            rootfs.reset_layer(paths.disk, paths.rw, (paths.upper, paths.work))
 
     def _destroy_quietly(self, uuid: str) -> None:
         """Cleanup after a failed create: the original error is what the caller must see."""
@@ -445,15 +538,20 @@ def _limits(spec: InstanceSpec) -> Limits:
 
 
 @contextlib.contextmanager
-def _flock(path: Path) -> Iterator[bool]:
-    """flock() a directory; yields False (unlocked) if it does not exist."""
+def _flock(path: Path, *, wait: bool = True) -> Iterator[bool | None]:
+    """flock() a directory; yields False (unlocked) if it does not exist, None (unlocked) if
+    ``wait`` is false and someone else holds it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         yield False
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield None
+            return
         yield True
     finally:
         os.close(fd)

@@ -11,6 +11,14 @@ the container alone, so containers of different customers cannot reach each othe
     chain forward     (hook forward)     iifname vmap @groupof     "bv…" : jump g_<group>
     chain g_<group>                      oifname @g_<group> accept; drop
 
+A second table, ``inet berth_<host>``, guards the host itself: traffic from the bridge to any
+of the host's addresses (the gateway, but also its uplink address, which the host would accept
+on any interface) is dropped, except ping to the gateway and replies to connections the host
+opened; so the panel's Redis, PostgreSQL and web ports, libvirt, VNC and whatever else listens
+on the host are out of the containers' reach. Forwarding from the bridge to private, shared
+and link-local ranges (other hosts' bridges, VMs, a cloud metadata service) is dropped too;
+anything else a host may route for its containers is its own policy. Containers have no IPv6.
+
 nftables is driven in-process through libnftables (what the nft command is built on): a
 transaction costs well under a millisecond, against 8-20 ms for running nft.
 """
@@ -108,17 +116,41 @@ add rule {t} forward iifname vmap @groupof
 """
 
 
+# never routed for a container: other tenants' networks, VMs, metadata services
+PRIVATE_RANGES = "10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 169.254.0.0/16"
+
+
+def _host_guard_script(host: HostConfig) -> str:
+    t, br = f"inet {table_name(host)}", f'"{host.bridge}"'
+    return f"""
+add table {t}
+add chain {t} input {{ type filter hook input priority -10; policy accept; }}
+add rule {t} input iifname {br} ct state established,related accept
+add rule {t} input iifname {br} ip daddr {host.gateway} icmp type echo-request accept
+add rule {t} input iifname {br} drop
+add chain {t} forward {{ type filter hook forward priority -10; policy accept; }}
+add rule {t} forward iifname {br} meta nfproto ipv6 drop
+add rule {t} forward iifname {br} oifname != {br} ip daddr {{ {PRIVATE_RANGES} }} drop
+"""
+
+
 def ensure_table(host: HostConfig) -> None:
-    """Create the host's table in one transaction unless it exists. Only additions: in
+    """Create the host's tables in one transaction unless they exist. Only additions: in
     nftables, replacing or deleting rules costs an RCU grace period (~15 ms) per commit."""
+    script = ""
     if not _exists(f"table bridge {table_name(host)}"):
-        _nft(_table_script(host), f"cannot set up the bridge firewall of host {host.name}")
+        script += _table_script(host)
+    if not _exists(f"table inet {table_name(host)}"):
+        script += _host_guard_script(host)
+    if script:
+        _nft(script, f"cannot set up the firewall of host {host.name}")
 
 
 def delete_table(host: HostConfig) -> None:
-    if _table(host) is not None:
-        _nft(f"delete table bridge {table_name(host)}\n",
-             f"cannot remove the bridge firewall of host {host.name}")
+    for family in ("bridge", "inet"):
+        if _exists(f"table {family} {table_name(host)}"):
+            _nft(f"delete table {family} {table_name(host)}\n",
+                 f"cannot remove the firewall of host {host.name}")
 
 
 def add_port(host: HostConfig, ifname: str, net: NetworkSpec, group: str) -> None:

@@ -8,6 +8,10 @@ The monitor mounts it on ``<state>/containers/<uuid>/rw`` before the container's
 is created, and detaches that host-side mount as soon as the overlay is up: the container's
 namespace then holds the only reference, so when the container dies the filesystem is
 unmounted and the loop device (auto-clear) released by the kernel, with nothing left to clean.
+
+Besides ``upper/`` and ``work/`` it holds an application container's ``volumes/`` (``/data``
+and the image's declared volumes): on the same disk, so the plan's size covers them, but
+outside the overlay, so an upgrade can start the writable layer afresh and keep them.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 from workers.drivers.base import DriverError
-from workers.drivers.container.syscalls import MS_NODEV, MS_NOSUID, mount
+from workers.drivers.container.syscalls import MS_NODEV, MS_NOSUID, mount, umount
 
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
@@ -98,3 +104,32 @@ def mount_disk(path: Path, target: Path) -> None:
     finally:
         os.close(backing)
         os.close(ctl)
+
+
+def _in_use(path: Path) -> bool:
+    """Whether a loop device still serves ``path`` (a container's namespace being torn down)."""
+    target = str(path.resolve())
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            if backing.read_text().strip() == target:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def reset_layer(path: Path, mountpoint: Path, layers: tuple[Path, ...], timeout: float = 5.0) -> None:
+    """Delete ``layers`` (the overlay's upper and work directories) from the stopped
+    container's disk; everything else on it (the volumes) stays."""
+    deadline = time.monotonic() + timeout
+    while _in_use(path):  # mounting it a second time at once would corrupt it
+        if time.monotonic() > deadline:
+            raise DriverError(f"the disk {path} is still in use by the stopped container")
+        time.sleep(0.02)
+    mount_disk(path, mountpoint)
+    try:
+        for layer in layers:
+            if layer.exists():
+                shutil.rmtree(layer)  # never follows the links the container made
+    finally:
+        umount(mountpoint)

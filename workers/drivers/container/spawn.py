@@ -1,87 +1,70 @@
 """Starting a container so that it outlives the process that asked for it.
 
-The caller (a Celery prefork child, a test) forks a short-lived intermediate that forks the
-*monitor* and exits: the monitor is then nobody's child but init's (or a subreaper's), in its
-own session, so worker restarts never reach it. The monitor runs the namespace sequence; the
-caller does the host-side work it can (cgroups, disk, firewall, veth) in parallel, because it is
-warm: in a fresh fork every Python object touched is a copy-on-write page fault (~4 µs each on
-these VMs), which made the same netlink and nftables calls 3-5 times slower in the monitor.
+The namespace sequence runs in ``berth-shim launch`` (workers/shim/launch.c), started with
+posix_spawn: the caller (a Celery prefork child, a test) is a large Python process, and every
+fork of it would pay for copying its page tables and, in the child, a copy-on-write fault for
+each object touched. The shim forks once (its parent exits at once, so the container is
+nobody's child), clones PID 1 into new namespaces and later serves the console; PID 1 builds
+the container's root and console and execs the image's init.
 
-    caller                    monitor                  stage 1                 PID 1
-    fork ------------------>  fork ------------------> unshare(USER), "U"
-    cgroups, disk mounted,
-    "D" ------------------->  uid_map/gid_map,
-    (thread) firewall rules   idmapped bind of the
-                              image, "G" ------------> setresuid(0), unshare(NS|UTS|
-                                                       IPC|NET|PID), fork ---> (new namespaces)
-                              <----------------------- "P <pid>", exit         mounts, pivot_root,
-    <---- "pid1 <pid>"                                                         pty, master+slave
-    (thread) PID 1 into       <----------------------------------------------- fds, "R"
-      the cgroups             unmount the host's mounts
-    <---- "root"
-    veth + eth0 addressed
-    "N" ------------------->  "X" -------------------------------------------> unshare(CGROUP),
-                              execve(berth-shim), keeping the pty, the         execve(init)
-    <---- "ready"             console socket and PID 1 as its child; the shim
-                              reports once PID 1's exec closed its pipe
+The caller meanwhile does the host-side work, in threads where it can overlap: cgroups, the
+disk, the firewall rules, PID 1's cgroup migration and the veth. The protocol and the
+sequence diagram are in launch.c; in short:
 
-If the caller dies midway, the monitor reads EOF where it waits for "N" and gives up; if the
-monitor dies, stage 1 (parent-death signal) and PID 1 (EOF on its pipe) give up too.
+    caller: cgroups, spawn, rules (thread), disk, "D"    shim: clone PID 1, maps, image fd
+            <- "pid1 <pid>": migration + veth (threads)       PID 1: mounts, pivot_root, pty
+            <- "root": wait for both, pid files, "N"          shim: console socket, "X"
+            <- "ready"                                        PID 1: caps, seccomp, exec init
+
+On cgroup v1 the first migration after a quiet moment waits for an RCU grace period (the
+kernel's cgroup_threadgroup_rwsem, ~10 ms here); the caller starts that wait at the very
+beginning with a no-op migration of itself (``CgroupLayout.keep_warm``), so PID 1's migration
+finds it done. On cgroup2 PID 1 is cloned straight into its cgroup (CLONE_INTO_CGROUP).
+
+If the caller dies midway, the shim reads EOF where it waits for a go-ahead and gives up; if the
+shim dies, PID 1 reads EOF on its socket and gives up too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import gc
+import fcntl
 import os
 import select
 import signal
-import socket
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from workers.drivers.base import DriverError, HostConfig, NetworkSpec
 from workers.drivers.container import firewall, network, rootfs
-from workers.drivers.container.cgroups import Cgroup, Limits
-from workers.drivers.container.init import (
-    PID1_ENV_FILE,
-    RootfsPlan,
-    build_root,
-    exec_init,
-    open_console,
-)
-from workers.drivers.container.state import IDS_PER_CONTAINER, ContainerPaths, ProcRef
-from workers.drivers.container.syscalls import (
-    CLONE_NEWCGROUP,
-    CLONE_NEWIPC,
-    CLONE_NEWNET,
-    CLONE_NEWNS,
-    CLONE_NEWPID,
-    CLONE_NEWUSER,
-    CLONE_NEWUTS,
-    MNT_DETACH,
-    PR_SET_CHILD_SUBREAPER,
-    PR_SET_PDEATHSIG,
-    close_range_cloexec,
-    idmapped_bind,
-    prctl,
-    set_process_name,
-    umount,
-    unshare,
-)
+from workers.drivers.container.cgroups import Cgroup, CgroupLayout, Limits
+from workers.drivers.container.security import capability_mask, seccomp_program
+from workers.drivers.container.state import ContainerPaths, ProcRef
 from workers.images.base import ImageConfig
 
-# CLONE_NEWCGROUP comes later, from PID 1 itself once it has been moved into its cgroups
-# (a cgroup namespace is rooted where its creator is at that moment)
-NEW_NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWPID
+PID1_ENV_FILE = "/run/berth/pid1.sh"
+# Sourced through $ENV by the console shell when it is PID 1: without a handler the kernel
+# drops SIGTERM sent to a namespace's init, so stop() could only kill it. The trap ends the
+# other processes gracefully (up to 5 s), then exits, which stops the container.
+PID1_ENV_SCRIPT = """\
+# Written by Berth: the console shell is this container's PID 1.
+unset ENV
+if [ "$$" = 1 ]; then
+  trap 'kill -TERM -1 2>/dev/null; n=0
+        while [ $n -lt 50 ] && kill -0 -1 2>/dev/null; do sleep 0.1; n=$((n+1)); done
+        exit 0' TERM
+fi
+"""
+_HIGH_FD = 10  # the shim's descriptors are first copied above this, so dup2 onto 2-5 never clobbers
 
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """Everything a start needs; the monitor is a fork of the caller, so nothing is serialized."""
+    """Everything a start needs."""
 
     uuid: str
     paths: ContainerPaths
@@ -90,6 +73,7 @@ class LaunchPlan:
     hostname: str
     root_uid: int  # host uid/gid of the container's root
     cgroup: Cgroup
+    layout: CgroupLayout
     limits: Limits
     veth: str
     bridge: str
@@ -97,6 +81,9 @@ class LaunchPlan:
     network_group: str  # containers reach each other on the bridge only within a group
     host: HostConfig
     shim: Path
+    # writes the spec's credentials into a new writable layer (its upper dir) before its
+    # first boot: after create and rebuild, never over what the customer changed since
+    provision: Callable[[Path], None] | None = None
     winsize: tuple[int, int] = (24, 80)
 
     def init_env(self) -> dict[str, str]:
@@ -104,6 +91,38 @@ class LaunchPlan:
         if self.config.console_shell:
             env["ENV"] = PID1_ENV_FILE
         return env
+
+    def volumes(self) -> list[tuple[Path, str]]:
+        """(directory on the disk, path in the container) of an application's volumes."""
+        app = self.config.app
+        return [(self.paths.volume(path), path) for path in app.volumes] if app else []
+
+    def shim_config(self) -> bytes:
+        """The "key=value\\0" entries ``berth-shim launch`` reads on fd 3."""
+        entries = [
+            ("name", self.uuid), ("rootfs", str(self.image_rootfs)), ("base", str(self.paths.dir)),
+            ("hostname", self.hostname), ("uid", str(self.root_uid)),
+            ("rows", str(self.winsize[0])), ("cols", str(self.winsize[1])),
+            ("shell", "1" if self.config.console_shell else "0"),
+            ("exit", str(self.paths.exit_status)), ("socket", str(self.paths.console)),
+            ("caps", str(capability_mask())), ("seccomp", seccomp_program().hex()),
+        ]
+        if self.config.console_shell:
+            entries.append(("pid1_script", PID1_ENV_SCRIPT))
+        if (app := self.config.app) is not None:
+            entries += [("app", "1"), ("user", f"{app.uid}:{app.gid}"),
+                        ("groups", ",".join(map(str, app.groups))), ("workdir", app.workdir)]
+            entries += [("volume", f"{source.relative_to(self.paths.dir)}:{target}")
+                        for source, target in self.volumes()]
+        if (target := self.cgroup.clone_into()) is not None:
+            entries.append(("cgroup2", target))
+        entries += [("arg", arg) for arg in self.config.init]
+        entries += [("env", f"{k}={v}") for k, v in self.init_env().items()]
+        entries += [("cgroup", d) for d in self.cgroup.paths().values()]
+        for key, value in entries:
+            if "\0" in value:
+                raise DriverError(f"container setup: NUL byte in {key}")
+        return b"".join(f"{k}={v}".encode() + b"\0" for k, v in entries)
 
 
 @dataclass(frozen=True)
@@ -118,87 +137,130 @@ def launch(plan: LaunchPlan, timeout: float = 30.0) -> Launched:
     Raises DriverError on failure, with the host-side pieces possibly still in place: the
     driver's teardown removes them (it has to anyway if this process is killed midway).
     """
-    firewall.libnftables()  # loaded here once, not in every monitor
+    firewall.libnftables()  # loaded once per process
+    # first: creating a cgroup waits for the cgroup_mutex, which a migration holds during its
+    # RCU grace period
+    plan.cgroup.create(plan.limits)
+    warm = threading.Event()
+    warming = threading.Thread(target=plan.layout.keep_warm, args=(warm,), daemon=True)
+    if plan.cgroup.needs_migration():
+        warming.start()
+    config_r, config_w = os.pipe()
     report_r, report_w = os.pipe()
     go_r, go_w = os.pipe()
-    intermediate = os.fork()
-    if intermediate == 0:  # pragma: no cover - runs in the forked child
-        try:
-            os.close(report_r)
-            os.close(go_w)
-            if os.fork() == 0:
-                _monitor(plan, report_w, go_r)
-        finally:
-            os._exit(0)
-    os.close(report_w)
-    os.close(go_r)
+    log = os.open(plan.paths.shim_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                  0o644)
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in (log, config_r, report_w, go_r)]
     try:
-        _prepare(plan)  # while the monitor starts; it waits for "D" before it needs them
-        os.write(go_w, b"D")
-        return _follow(plan, _Lines(report_r), go_w, timeout)
+        spawned = os.posix_spawn(
+            plan.shim, [str(plan.shim), "launch", "-S", str(plan.paths.console), "-n", plan.uuid],
+            {}, file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDWR, 0),
+                              (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_RDWR, 0),
+                              *[(os.POSIX_SPAWN_DUP2, fd, 2 + i) for i, fd in enumerate(high)]])
+    except OSError as exc:
+        warm.set()
+        for fd in (config_w, report_r, go_w):
+            os.close(fd)
+        raise DriverError(f"cannot run the console shim {plan.shim}: {exc.strerror}") from exc
     finally:
-        os.close(report_r)
-        os.close(go_w)
-        os.waitpid(intermediate, 0)
+        for fd in (*high, log, config_r, report_w, go_r):
+            os.close(fd)
+    try:
+        with contextlib.suppress(BrokenPipeError):  # a shim that died reports nothing: below
+            os.write(config_w, plan.shim_config())  # well below a pipe's 64 KiB
+        os.close(config_w)
+        config_w = -1
+        lines = _Lines(report_r)
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            # the rules exist before the port does (it is never unguarded): waited for below
+            guarding = pool.submit(firewall.add_port, plan.host, plan.veth, plan.network,
+                                   plan.network_group)
+            _prepare(plan)
+            _go(go_w, b"D")
+            return _follow(plan, lines, go_w, pool, guarding, timeout)
+    finally:
+        warm.set()
+        for fd in (config_w, report_r, go_w):
+            if fd >= 0:
+                os.close(fd)
+        os.waitpid(spawned, 0)  # exits right after its fork
 
 
 def _prepare(plan: LaunchPlan) -> None:
-    """The host-side pieces that must exist before the container's namespaces do."""
-    plan.cgroup.create(plan.limits)
-    # mounted before the container's mount namespace copies ours; the monitor unmounts it
+    """The host-side pieces that must exist before PID 1 is cloned (besides its cgroups)."""
+    # mounted before PID 1's mount namespace copies ours; the shim then detaches it here
     rootfs.mount_disk(plan.paths.disk, plan.paths.rw)
+    fresh = not plan.paths.upper.exists()
     for layer in (plan.paths.upper, plan.paths.work):
         if not layer.exists():
             layer.mkdir(mode=0o755)
             os.chown(layer, plan.root_uid, plan.root_uid)
+    if fresh and plan.provision is not None:
+        plan.provision(plan.paths.upper)
+    if plan.config.app is not None:
+        # a new volume belongs to the application's user, so that it can write its data
+        plan.paths.volumes.mkdir(mode=0o755, exist_ok=True)
+        os.chown(plan.paths.volumes, plan.root_uid, plan.root_uid)
+        uid, gid = plan.root_uid + plan.config.app.uid, plan.root_uid + plan.config.app.gid
+        for source, _ in plan.volumes():
+            with contextlib.suppress(FileExistsError):
+                source.mkdir(mode=0o755)
+                os.chown(source, uid, gid)
 
 
-def _follow(plan: LaunchPlan, lines: _Lines, go: int, timeout: float) -> Launched:
-    """Answer the monitor's reports until the shim is ready."""
+def _follow(plan: LaunchPlan, lines: _Lines, go: int, pool: ThreadPoolExecutor,
+            guarding: Future, timeout: float) -> Launched:
+    """Answer the shim's reports until it serves the console."""
     deadline = time.monotonic() + timeout
-    monitor = None
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        # the rules exist before the port does (it is never unguarded): waited for below
-        guarding = pool.submit(firewall.add_port, plan.host, plan.veth, plan.network,
-                               plan.network_group)
-        joining: Future | None = None
-        try:
-            while True:
-                line = lines.next(deadline)
-                if line is None:
-                    raise DriverError("the container monitor died while starting the container")
-                kind, _, rest = line.partition(" ")
-                if kind == "monitor":
-                    monitor = int(rest)
-                elif kind == "pid1":
-                    # A cgroup v1 migration waits for an RCU grace period (~6-15 ms): it runs
-                    # while PID 1 builds its root and the veth is made.
-                    pid1 = int(rest)
-                    joining = pool.submit(plan.cgroup.add, pid1)
-                elif kind == "root" and joining is not None:
-                    # The veth once PID 1's mounts are done: overlapping the two was not
-                    # faster on these 2-CPU machines, they only competed.
-                    guarding.result()
-                    network.add_container_link(plan.veth, plan.bridge, pid1, plan.network)
-                    joining.result()
-                    os.write(go, b"N")
-                elif kind == "error":
-                    raise DriverError(rest)
-                elif kind == "ready":
-                    break
-                else:
-                    raise DriverError(f"container setup: unexpected report {line!r}")
-        except BaseException as exc:
-            if monitor is not None:  # its children give up on their own when it dies
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(monitor, signal.SIGKILL)
-            if isinstance(exc, TimeoutError):
-                raise DriverError(f"the container did not start within {timeout:.0f} s") from None
-            raise
-    shim, init = ProcRef.load(plan.paths.shim_pid), ProcRef.load(plan.paths.init_pid)
-    if shim is None or init is None:
-        raise DriverError("the container monitor reported ready but wrote no pid files")
-    return Launched(shim=shim, init=init)
+    monitor = pid1 = None
+    joining = linking = None
+    try:
+        while True:
+            line = lines.next(deadline)
+            if line is None:
+                raise DriverError("the container monitor died while starting the container")
+            kind, _, rest = line.partition(" ")
+            if kind == "monitor":
+                monitor = ProcRef.of(int(rest))
+            elif kind == "pid1":
+                pid1 = ProcRef.of(int(rest))
+                if pid1 is None:
+                    raise DriverError("the container's PID 1 died during setup")
+                # both wait for the kernel (RCU, netlink) while PID 1 builds its root
+                joining = pool.submit(plan.cgroup.add_after_clone, pid1.pid)
+                linking = pool.submit(_link, plan, guarding, pid1.pid)
+            elif kind == "root" and joining is not None and linking is not None:
+                joining.result()
+                linking.result()
+                if monitor is None:
+                    raise DriverError("the container monitor did not say who it is")
+                pid1.save(plan.paths.init_pid)
+                monitor.save(plan.paths.shim_pid)  # the monitor serves the console as the shim
+                _go(go, b"N")
+            elif kind == "error":
+                raise DriverError(rest)
+            elif kind == "ready":
+                return Launched(shim=monitor, init=pid1)
+            else:
+                raise DriverError(f"container setup: unexpected report {line!r}")
+    except BaseException as exc:
+        if monitor is not None and monitor.alive():  # PID 1 gives up when its monitor dies
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(monitor.pid, signal.SIGKILL)
+        if isinstance(exc, TimeoutError):
+            raise DriverError(f"the container did not start within {timeout:.0f} s") from None
+        raise
+
+
+def _go(fd: int, signal_byte: bytes) -> None:
+    """A go-ahead for the shim; if it has died, its report (read next) says why."""
+    with contextlib.suppress(BrokenPipeError):
+        os.write(fd, signal_byte)
+
+
+def _link(plan: LaunchPlan, guarding: Future, pid1: int) -> None:
+    guarding.result()  # the port's rules first
+    network.add_container_link(plan.veth, plan.bridge, pid1, plan.network)
 
 
 class _Lines:
@@ -221,239 +283,3 @@ class _Lines:
             self.buf += chunk
         line, _, self.buf = self.buf.partition(b"\n")
         return line.decode(errors="replace")
-
-    def push_back(self, line: str | None) -> None:
-        """Return a message read too early; the next call to next() gives it again."""
-        if line is not None:
-            self.buf = line.encode() + b"\n" + self.buf
-
-
-def describe(exc: BaseException) -> str:
-    """An error as a person reads it: no "[Errno 2]" prefix, no exception class names."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    return str(exc) if isinstance(exc, DriverError) else repr(exc)
-
-
-def _rel(path: Path, base: Path) -> str:
-    return str(path.relative_to(base))
-
-
-def _send(fd: int, message: str) -> None:
-    os.write(fd, message.replace("\n", " ").encode() + b"\n")
-
-
-def _monitor(plan: LaunchPlan, report: int, go: int) -> None:  # pragma: no cover - forked child
-    """Body of the monitor process; ends in execve(berth-shim) or os._exit."""
-    try:
-        gc.disable()  # a collection would touch (copy) every object inherited from the caller
-        os.setsid()
-        prctl(PR_SET_CHILD_SUBREAPER, 1)  # PID 1 is ours once stage 1 has exited
-        _send(report, f"monitor {os.getpid()}")
-        _Startup(plan, report, go).run()
-    except BaseException as exc:  # noqa: BLE001 - everything must reach the caller as text
-        with contextlib.suppress(OSError):
-            _send(report, f"error {describe(exc)}")
-    finally:
-        os._exit(1)
-
-
-class _Startup:
-    """The monitor's side of the namespace sequence (see the module docstring)."""
-
-    def __init__(self, plan: LaunchPlan, report: int, go: int) -> None:
-        self.plan = plan
-        self.report = report
-        self.go = go
-        self.stage1: int | None = None
-        self.pid1: int | None = None
-        self.root_ready = False
-        self.lower_mounted = False
-
-    def run(self) -> None:
-        plan = self.plan
-        self.p2c_r, self.p2c_w = os.pipe()
-        c2p_r, self.c2p_w = os.pipe()
-        self.fds_parent, self.fds_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.stage1 = os.fork()
-            if self.stage1 == 0:
-                self._stage1()
-            self._settle()  # while stage 1 unshares
-            os.close(self.c2p_w)
-            self.fds_child.close()
-            msgs = _Lines(c2p_r)
-            self._expect(msgs, "U")
-            self._wait_for(b"D")  # the caller's cgroups and disk
-            self._map_and_bind()
-            os.write(self.p2c_w, b"G")
-            self.pid1 = int(self._expect_first(msgs, "P", also="R"))
-            _send(self.report, f"pid1 {self.pid1}")
-            if not self.root_ready:
-                self._expect(msgs, "R")
-            _send(self.report, "root")
-            _, fds, _, _ = socket.recv_fds(self.fds_parent, 16, 2)
-            master, slave = fds
-            # PID 1's mount namespace keeps its copies; the host keeps nothing mounted
-            umount(plan.paths.lower, MNT_DETACH)
-            self.lower_mounted = False
-            umount(plan.paths.rw, MNT_DETACH)
-            os.waitpid(self.stage1, 0)
-            self._wait_for(b"N")  # network and cgroups are the caller's part
-            init = ProcRef.of(self.pid1)
-            if init is None:
-                raise DriverError("the container's PID 1 died during setup")
-            init.save(plan.paths.init_pid)
-            listener = self._listen()
-            ProcRef.of(os.getpid()).save(plan.paths.shim_pid)  # the shim keeps our pid
-            os.write(self.p2c_w, b"X")
-        except BaseException:
-            self._undo()
-            raise
-        # the shim reports "ready" once PID 1's exec closed this pipe, or its error
-        self._exec_shim(master, slave, listener, c2p_r)
-
-    @staticmethod
-    def _settle() -> None:
-        """The monitor's own setup, done while stage 1 works."""
-        set_process_name("berth-monitor")
-        # a fork keeps the caller's view of a running asyncio loop, which would make
-        # pyroute2's synchronous API refuse to work here
-        asyncio._set_running_loop(None)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-    def _wait_for(self, signal_byte: bytes) -> None:
-        if os.read(self.go, 1) != signal_byte:  # EOF: the caller failed or died
-            raise DriverError("the driver gave up starting the container")
-
-    def _expect_first(self, msgs: _Lines, tag: str, *, also: str) -> str:
-        """Like _expect, but ``also`` may come first: stage 1's "P" and PID 1's "R" share one
-        pipe, and a quick PID 1 can report before its parent does."""
-        line = msgs.next()
-        if line is not None and line.startswith(also):
-            self.root_ready = True
-            return self._expect(msgs, tag)
-        msgs.push_back(line)
-        return self._expect(msgs, tag)
-
-    def _expect(self, msgs: _Lines, tag: str) -> str:
-        line = msgs.next()
-        if line is None:
-            raise DriverError("container setup failed: a setup process died")
-        if line.startswith("E "):
-            raise DriverError(line[2:])
-        if not line.startswith(tag):
-            raise DriverError(f"container setup: unexpected message {line!r}")
-        return line[len(tag):].strip()
-
-    def _map_and_bind(self) -> None:
-        plan, pid = self.plan, self.stage1
-        mapping = f"0 {plan.root_uid} {IDS_PER_CONTAINER}\n"
-        Path(f"/proc/{pid}/uid_map").write_text(mapping)
-        Path(f"/proc/{pid}/gid_map").write_text(mapping)
-        userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            idmapped_bind(plan.image_rootfs, plan.paths.lower, userns)
-            self.lower_mounted = True
-        finally:
-            os.close(userns)
-
-    def _listen(self) -> socket.socket:
-        path = self.plan.paths.console
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # the socket is born 0600: only root may attach
-        try:
-            sock.bind(str(path))
-        finally:
-            os.umask(old)
-        sock.listen(64)  # a burst of viewers waits in the backlog until the shim accepts
-        return sock
-
-    def _exec_shim(self, master: int, slave: int, listener: socket.socket, exec_status: int) -> None:
-        plan = self.plan
-        keep = (master, slave, listener.fileno(), self.report, exec_status)
-        null = os.open("/dev/null", os.O_RDWR)
-        log = os.open(plan.paths.shim_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(null, 0)
-        os.dup2(null, 1)
-        os.dup2(log, 2)
-        close_range_cloexec(3)
-        for fd in keep:
-            os.set_inheritable(fd, True)
-        argv = [str(plan.shim), "-m", str(master), "-s", str(slave), "-l", str(listener.fileno()),
-                "-p", str(self.pid1), "-e", str(plan.paths.exit_status), "-r", str(self.report),
-                "-x", str(exec_status), "-S", str(plan.paths.console), "-n", plan.uuid]
-        for directory in plan.cgroup.paths().values():
-            argv += ["-c", directory]
-        try:
-            os.execv(plan.shim, argv)
-        except OSError as exc:
-            self._undo()
-            raise DriverError(f"cannot run the console shim {plan.shim}: {exc.strerror}") from exc
-
-    def _undo(self) -> None:
-        """Stop what this monitor started; the driver's teardown removes the rest."""
-        for pid in (self.stage1, self.pid1):
-            if pid:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-        if self.lower_mounted:
-            with contextlib.suppress(OSError):
-                umount(self.plan.paths.lower, MNT_DETACH)
-
-    # -- children --------------------------------------------------------------------------
-
-    def _stage1(self) -> None:  # pragma: no cover - forked child
-        try:
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the monitor died: give up
-            os.close(self.p2c_w)
-            self.fds_parent.close()
-            unshare(CLONE_NEWUSER)  # we are single-threaded right after fork, as it requires
-            _send(self.c2p_w, "U")
-            if os.read(self.p2c_r, 1) != b"G":
-                os._exit(1)
-            os.setresgid(0, 0, 0)
-            os.setgroups([])  # allowed: gid_map was written by a privileged process
-            os.setresuid(0, 0, 0)
-            unshare(NEW_NAMESPACES)
-            pid1 = os.fork()  # the first child in the new PID namespace is its PID 1
-            if pid1 == 0:
-                self._pid1()
-            _send(self.c2p_w, f"P {pid1}")
-        except BaseException as exc:  # noqa: BLE001
-            with contextlib.suppress(OSError):
-                _send(self.c2p_w, f"E container setup (stage 1): {describe(exc)}")
-        finally:
-            os._exit(0)
-
-    def _pid1(self) -> None:  # pragma: no cover - forked child, becomes the container's init
-        plan, paths = self.plan, self.plan.paths
-        try:
-            build_root(RootfsPlan(base=paths.dir, lower=_rel(paths.lower, paths.dir),
-                                  upper=_rel(paths.upper, paths.dir),
-                                  work=_rel(paths.work, paths.dir),
-                                  merged=_rel(paths.merged, paths.dir), hostname=plan.hostname),
-                       console_shell=plan.config.console_shell)
-            master, slave = open_console(*plan.winsize)
-            socket.send_fds(self.fds_child, [b"M"], [master, slave])
-            os.close(master)
-            _send(self.c2p_w, "R")
-            if os.read(self.p2c_r, 1) != b"X":
-                os._exit(1)
-            unshare(CLONE_NEWCGROUP)
-            exec_init(plan.config.init, plan.init_env(), slave,
-                      controlling_tty=plan.config.console_shell)
-        except BaseException as exc:  # noqa: BLE001
-            init = plan.config.init[0]
-            if isinstance(exc, OSError) and exc.filename == init:
-                message = f"cannot run {init} in the container: {exc.strerror}"
-            else:
-                message = f"container setup (PID 1): {describe(exc)}"
-            with contextlib.suppress(OSError):
-                _send(self.c2p_w, f"E {message}")
-        finally:
-            os._exit(127)

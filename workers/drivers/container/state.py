@@ -79,11 +79,20 @@ class ContainerPaths:
         return self.rw / "work"
 
     @property
+    def volumes(self) -> Path:  # application containers' volumes, on the disk beside upper
+        return self.rw / "volumes"
+
+    def volume(self, path: str) -> Path:
+        """The directory holding the volume mounted at ``path`` in the container ("/data" ->
+        volumes/data, "/var/lib/app" -> volumes/var%lib%app: '%' is never in a volume path)."""
+        return self.volumes / path.strip("/").replace("/", "%")
+
+    @property
     def merged(self) -> Path:  # overlay mount point, only mounted inside the container
         return self.dir / "merged"
 
     @property
-    def lower(self) -> Path:  # idmapped bind of the image, mounted briefly on the host
+    def lower(self) -> Path:  # mount point of the idmapped image, inside the container only
         return self.dir / "lower"
 
     @property

@@ -20,14 +20,20 @@ KVM_DEVICE = Path("/dev/kvm")
 
 
 def _running(comm: str) -> bool:
-    """Is a process named ``comm`` running (any user)? Reads /proc, needs no procps."""
+    """Is a process named ``comm`` running (any user)? Reads /proc, needs no procps.
+
+    A zombie does not count: a daemon that just exited stays one until PID 1 reaps it, and
+    taking it for a live daemon would leave libvirt down after a restart.
+    """
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "comm").read_text().strip() == comm:
-                    return True
+                stat = (entry / "stat").read_text()
             except OSError:
                 continue
+            name, _, rest = stat.partition("(")[2].rpartition(")")
+            if name == comm and rest.split()[0] != "Z":
+                return True
     return False
 
 

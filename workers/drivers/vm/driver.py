@@ -420,6 +420,15 @@ class VmDriver:
         memory = mem.get("rss") or mem.get("actual") or 0  # KiB; rss = what the host pays
         return InstanceStats(uuid, cpu_ns / 1e9, memory * 1024, rx, tx, disk_used)
 
+    def configured(self, uuid: str) -> dict[str, int]:
+        """vCPUs and memory the domain is defined with (what its next boot gets): the panel
+        compares them with the plan to notice a domain edited behind Berth's back."""
+        dom = self._require(uuid)
+        with libvirt_errors(f"cannot read the definition of {dom.name()}", uuid=uuid):
+            xml = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        return {"vcpus": int(xml.findtext("vcpu") or 0),
+                "memory_mib": int(xml.findtext("memory") or 0) // 1024}  # libvirt says KiB
+
     def console(self, uuid: str) -> ConsoleEndpoint:
         return ConsoleEndpoint("libvirt", domain_name(self.host, uuid))
 

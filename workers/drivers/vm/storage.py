@@ -91,12 +91,6 @@ def grow_overlay(files: InstanceFiles, disk_gib: int) -> bool:
     return True
 
 
-def hash_password(password: str) -> str:
-    """SHA-512 crypt hash (what /etc/shadow takes); the password goes through stdin, not argv."""
-    return _run(["openssl", "passwd", "-6", "-stdin"], "cannot hash the root password",
-                input=password.encode()).strip()
-
-
 def create_config_disk(files: InstanceFiles, spec: InstanceSpec, config_id: str) -> None:
     """Write the ISO the guest init reads secrets from (see workers/images/vm_boot.py).
 
@@ -109,7 +103,10 @@ def create_config_disk(files: InstanceFiles, spec: InstanceSpec, config_id: str)
         (root / "config-id").write_text(config_id + "\n")
         (root / "hostname").write_text(spec.hostname + "\n")
         if spec.root_password:
-            (root / "root-password-hash").write_text(hash_password(spec.root_password) + "\n")
+            # The panel sends a crypt(3) hash, never the password itself.
+            if not spec.root_password.startswith("$"):
+                raise DriverError("the root password must arrive as a crypt(3) hash")
+            (root / "root-password-hash").write_text(spec.root_password + "\n")
         if spec.ssh_keys:
             (root / "authorized_keys").write_text("".join(k.strip() + "\n" for k in spec.ssh_keys))
         out = files.config_disk.with_suffix(".tmp")

@@ -1,0 +1,1 @@
+"""The admin pages (staff only), split by what they manage."""

@@ -245,8 +245,12 @@ def extract_archive(path: Path, dest: Path, *, kind: str) -> dict[str, Any]:
     if zstd.returncode != 0:
         raise ArchiveError(f"the archive {path.name} does not decompress: {_stderr(zstd)}")
     if tar.returncode != 0:
-        detail = tar.stderr.strip().splitlines()[-1] if tar.stderr.strip() else "tar failed"
-        if "No space left" in detail:
+        # tar ends with "Exiting with failure status due to previous errors": the first line
+        # says what went wrong.
+        lines = [line for line in tar.stderr.strip().splitlines() if "Exiting with failure" not in line]
+        detail = lines[0] if lines else "tar failed"
+        if "No space left" in tar.stderr:
+            detail = next(line for line in lines if "No space left" in line)
             raise ArchiveError(f"not enough space on the host to unpack the archive ({detail})")
         raise ArchiveError(f"the archive {path.name} does not unpack: {detail}")
     try:

@@ -121,3 +121,14 @@ def test_the_feed_position_is_read_before_the_view_so_a_change_during_the_view_i
     newest = client.xrevrange(feed_stream(user_group(owner.pk)), count=1)[0][0].decode()
     client.close()
     assert parse_id(rendered["events_seq"]) < parse_id(newest)  # the change is replayed to it
+
+
+@pytest.mark.django_db
+def test_every_page_tells_its_socket_where_to_start(client):
+    """static/js/live.js starts its socket from <html data-events-seq>: without it, what
+    happens between the page's rendering and the socket's connection is never shown."""
+    customer = CustomerFactory()
+    client.force_login(customer.user)
+    html = client.get("/").content.decode()
+    seq = html.split('data-events-seq="', 1)[1].split('"', 1)[0]
+    parse_id(seq)  # a stream id

@@ -1,9 +1,9 @@
 """A host worker killed (SIGKILL) in the middle of provisioning, for real: the operation is
 retried to success or ends failed — never stuck in running — and nothing is left on the host.
 
-The create is stopped at a known point by an image whose config is a FIFO: the driver has
-made the instance's directory, disk and cgroup settings and waits in open() for a writer that
-never comes. The tests find exactly that process through /proc and kill it (or its whole
+The create is stopped at a known point by an image whose config is a FIFO: the worker has
+claimed the operation's lease and reported it running, and the driver waits in open() for a
+writer that never comes (it reads the config while validating, before it makes anything). The tests find exactly that process through /proc and kill it (or its whole
 worker), then look at the operation, the instance and the host.
 """
 
@@ -43,9 +43,11 @@ def stuck_create(stack):
         leader = stack.procs["host-worker"].pid
         [stuck] = wait_until(lambda: blocked_opening_fifo(leader), 60,
                              "the create never reached the image config", stack.all_logs)
-        operation.refresh_from_db()
-        assert operation.state == Operation.State.RUNNING
-        assert _container_dir(stack, instance).is_dir()  # half-made: directory and disk
+        # The worker's "started" report goes through the panel queue: it lands a moment later.
+        wait_until(lambda: _state(operation) == Operation.State.RUNNING, 20,
+                   "the operation was never reported running", stack.all_logs)
+        # The driver reads the image's config while validating the spec, before it makes
+        # anything: the kill lands in the create's first step, with the lease already taken.
         yield instance, operation, stuck, image
     finally:
         image.unblock_future_reads()
@@ -127,7 +129,7 @@ def test_a_worker_that_does_not_come_back_fails_the_operation_for_good(stack, st
     assert client.hget(key, "state") == b"abandoned"
     operation.refresh_from_db()
     assert operation.state == Operation.State.FAILED
-    assert stack.host_driver().status(instance.uuid.hex).state == "stopped"  # never launched
+    assert stack.host_driver().status(instance.uuid.hex).state == "absent"  # never launched, nothing made
     assert "attempt 2" not in log.since()
     _terminate_and_check_clean(stack, instance)  # the half-made container goes with it
 
@@ -136,6 +138,11 @@ def test_a_worker_that_does_not_come_back_fails_the_operation_for_good(stack, st
 
 def _container_dir(stack, instance: Instance) -> Path:
     return Path(stack.host_env["BERTH_STATE_DIR"]) / "containers" / instance.uuid.hex
+
+
+def _state(operation: Operation) -> str:
+    operation.refresh_from_db()
+    return operation.state
 
 
 def _finished(operation: Operation) -> bool:

@@ -1,9 +1,10 @@
 """Billing API benchmark: GET a service, and create services, against PostgreSQL through the
-real web server (uvicorn, panel.asgi:application), each at a fixed request rate for a fixed
+real web server (gunicorn gthread on panel.wsgi by default, or uvicorn on panel.asgi with
+``--server uvicorn``), each at a fixed request rate for a fixed
 time (open loop: latency counts from when a request was due, so a stall is not hidden).
 
     .venv/bin/python bench/api.py [--get-rate 200] [--get-seconds 20] [--create-rate 20]
-                                  [--create-seconds 10] [--workers 2]
+                                  [--create-seconds 10] [--workers 4]
 
 It uses its own database (berth_bench, recreated and migrated each run), seeds a customer, a
 billing token, a fake online host and some services (rows only: no host runs anything), and
@@ -249,7 +250,8 @@ def main() -> None:
     parser.add_argument("--create-rate", type=float, default=20)
     parser.add_argument("--create-seconds", type=float, default=10)
     parser.add_argument("--services", type=int, default=200, help="services seeded for the GETs")
-    parser.add_argument("--workers", type=int, default=2, help="web server worker processes")
+    parser.add_argument("--workers", type=int, default=4,
+                        help="web server worker processes (default 2 x cores, gunicorn's usual advice)")
     parser.add_argument("--server", choices=("gunicorn", "uvicorn"), default="gunicorn",
                         help="gunicorn (WSGI, the production HTTP server) or uvicorn (ASGI)")
     args = parser.parse_args()

@@ -142,6 +142,8 @@
     }
   });
   document.addEventListener("berth:reconnected", () => { refreshSummary(); refreshHistory(); });
+  // Opening the history shows it as it is now, whatever events were missed or are on their way.
+  document.addEventListener("berth:tab", (e) => { if (e.detail === "history") refreshHistory(); });
 
   // --- tabs ---------------------------------------------------------------------------------
   const tablist = document.querySelector("#instance-tabs [role=tablist]");

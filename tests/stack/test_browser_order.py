@@ -242,8 +242,12 @@ def test_sign_up_order_watch_console_usage_and_lifecycle(stack, browser):
     page.keyboard.press("ArrowRight")
     assert page.get_by_role("tab", name="Usage").get_attribute("aria-selected") == "true"
     page.keyboard.press("ArrowRight")
-    history = page.locator("#history").inner_text()
-    assert re.search(r"Create\s+You\s+.*\s+succeeded", history), history
+    # Opening the tab re-reads the history from the server (a moment later).
+    try:
+        page.wait_for_function("() => /Create\\s+You\\s+.*\\s+succeeded/.test(document.getElementById('history').innerText)",
+                               timeout=10_000)
+    except Exception as exc:
+        raise AssertionError(page.locator("#history").inner_text()) from exc
 
     # A second customer: no page, no console, no sight of it in their list.
     other = sign_up(browser, stack, "bob")

@@ -20,7 +20,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -40,6 +39,7 @@ from panel.catalog.models import Image, Plan
 from panel.hosts import credentials
 from panel.hosts.models import Host
 from panel.hosts.services import register_host
+from tests.stack.launcher import free_port
 from workers.config import load_host_settings
 from workers.drivers.base import InstanceSpec
 from workers.drivers.registry import get_driver
@@ -48,12 +48,6 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
 HEARTBEAT_TIMEOUT = 3  # seconds of silence before a host shows offline (beat checks every 10 s)
 WORKER_FLAGS = ["--without-gossip", "--without-mingle", "--without-heartbeat", "--concurrency", "2"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

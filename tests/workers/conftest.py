@@ -355,3 +355,13 @@ def static_program(tmp_path_factory) -> Callable[[str, str], Path]:
                         "-lpthread"], check=True)
         return src.with_suffix("")
     return build
+
+
+@pytest.fixture
+def debian(ct_driver, make_spec, debian_image):
+    """A running container of the debian-12 image (a real init and a login shell)."""
+    spec = make_spec(image=ImageSpec(name="debian-12", path=str(debian_image.path)),
+                     memory_mib=256, disk_gib=2)
+    ct_driver.create(spec)
+    yield spec
+    ct_driver.destroy(spec)

@@ -7,18 +7,9 @@ import time
 
 import pytest
 
-from workers.drivers.base import ImageSpec, PowerState
+from workers.drivers.base import PowerState
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def debian(ct_driver, make_spec, debian_image):
-    spec = make_spec(image=ImageSpec(name="debian-12", path=str(debian_image.path)),
-                     memory_mib=256, disk_gib=2)
-    ct_driver.create(spec)
-    yield spec
-    ct_driver.destroy(spec)
 
 
 async def test_debian_boots_a_real_init_and_a_login_shell(debian, attach):

@@ -12,7 +12,6 @@ from contextlib import ExitStack
 import pytest
 
 from tests.workers.conftest import copy_in
-from workers.drivers.base import ImageSpec
 from workers.drivers.container.security import capability_mask
 
 pytestmark = pytest.mark.root
@@ -221,15 +220,6 @@ async def test_normal_use_still_works(container, ct_host, attach):
                             "chown bob /tmp/f && stat -c %u /tmp/f")
     assert out.split() == ["1000", "1000"]
     assert (await console.run("sleep 30 & p=$!; kill -9 $p; wait $p; echo rc=$?")).split()[-1] == "rc=137"
-
-
-@pytest.fixture
-def debian(ct_driver, make_spec, debian_image):
-    spec = make_spec(image=ImageSpec(name="debian-12", path=str(debian_image.path)),
-                     memory_mib=256, disk_gib=2)
-    ct_driver.create(spec)
-    yield spec
-    ct_driver.destroy(spec)
 
 
 async def test_debian_package_tools_work(debian, attach):

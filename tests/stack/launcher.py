@@ -127,7 +127,7 @@ def launch(*, database_url: str, redis_url: str, secret_key: str,
         "BERTH_BRIDGE": f"bt{suffix}",
         "BERTH_GATEWAY": f"10.{net}.{secrets.randbelow(250)}.1",
         "BERTH_PREFIXLEN": "24",
-        "BERTH_UID_BASE": str(300_000_000 + secrets.randbelow(1000) * 65536 * 64),
+        "BERTH_UID_BASE": str(300_000_000 + secrets.randbelow(900) * 65536 * 64),  # + 64 ranges < 2^32
         "BERTH_UID_SLOTS": "64",
         "BERTH_HEARTBEAT_SECONDS": "1",
     }

@@ -17,6 +17,9 @@ class Plan(models.Model):
     pids_max = models.PositiveIntegerField(default=512, help_text="Containers: process limit.")
     price_hourly = models.DecimalField(max_digits=10, decimal_places=4, default=0)
     price_monthly = models.DecimalField(max_digits=10, decimal_places=2, default=0)
+    max_snapshots = models.PositiveSmallIntegerField(
+        default=3, help_text="Snapshots an instance on this plan may keep at once (0: none)."
+    )
     is_active = models.BooleanField(default=True)
     hosts = models.ManyToManyField(
         "hosts.Host", blank=True, related_name="plans",
@@ -34,6 +37,7 @@ class Image(models.Model):
     class Source(models.TextChoices):
         BUILT = "built", "Built by Berth"
         OCI = "oci", "Imported OCI image"
+        ISO = "iso", "Installer ISO"
 
     name = models.CharField(max_length=100, help_text="Imported images: repository:tag.")
     kind = models.CharField(max_length=20, choices=InstanceKind.choices)

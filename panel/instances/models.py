@@ -107,6 +107,12 @@ class Operation(models.Model):
         TERMINATE = "terminate", "Terminate"
         UPGRADE = "upgrade", "Upgrade"
         ROLLBACK = "rollback", "Roll back"
+        SNAPSHOT = "snapshot", "Take snapshot"
+        RESTORE_SNAPSHOT = "restore_snapshot", "Restore snapshot"
+        DELETE_SNAPSHOT = "delete_snapshot", "Delete snapshot"
+        BACKUP = "backup", "Back up"
+        RESTORE_BACKUP = "restore_backup", "Restore backup"
+        MOVE = "move", "Move to another host"
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"

@@ -41,6 +41,13 @@ ACTION_FROM_STATES: dict[str, frozenset[str]] = {
     # too: a new version is how a broken application gets fixed).
     A.UPGRADE: frozenset({S.RUNNING, S.STOPPED, S.ERROR}),
     A.ROLLBACK: frozenset({S.RUNNING, S.STOPPED, S.ERROR}),
+    A.SNAPSHOT: frozenset({S.RUNNING, S.STOPPED}),
+    A.RESTORE_SNAPSHOT: frozenset({S.RUNNING, S.STOPPED, S.ERROR}),
+    A.DELETE_SNAPSHOT: frozenset({S.RUNNING, S.STOPPED, S.ERROR}),
+    A.BACKUP: frozenset({S.RUNNING, S.STOPPED}),
+    A.RESTORE_BACKUP: frozenset({S.RUNNING, S.STOPPED, S.ERROR}),
+    # Cold migration: the instance is stopped first.
+    A.MOVE: frozenset({S.STOPPED}),
 }
 
 # Actions a customer may take on their own instance (suspend/unsuspend belong to billing/admins).

@@ -240,6 +240,9 @@ CELERY_BEAT_SCHEDULE = {
 BERTH_HOST_NAME = env.str("BERTH_HOST_NAME", default=socket.gethostname().split(".")[0].lower())
 BERTH_IMAGE_DIR = Path(env.str("BERTH_IMAGE_DIR", default=str(VAR_DIR / "images")))
 BERTH_HOSTS_DIR = Path(env.str("BERTH_HOSTS_DIR", default=str(VAR_DIR / "hosts")))
+# Where backups (and the archives of moves between hosts) are written: a directory every host
+# mounts at the same path (local for one host; NFS or similar for several).
+BERTH_BACKUP_TARGET = Path(env.str("BERTH_BACKUP_TARGET", default=str(VAR_DIR / "backups")))
 # Agents beat every 5 s: 20 s is four missed heartbeats.
 BERTH_HEARTBEAT_TIMEOUT = timedelta(seconds=env.int("BERTH_HEARTBEAT_TIMEOUT", default=20))
 # Hosts (panel/hosts/credentials.py): each reaches Redis as its own ACL user. The URL is the

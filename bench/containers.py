@@ -300,11 +300,12 @@ def phases(runs: int = 20, idle: float = 0.3) -> None:
         mark(f"shim: {line.split()[0] if line else 'EOF'}")
         return line
     spawn._Lines.next = report
-    for owner, name, label in ((rootfs, "create_disk", "mkfs"), (os, "posix_spawn", "spawn shim"),
-                               (spawn, "_prepare", "mount disk"),
+    for owner, name, label in ((rootfs, "create_disk", "disk (template copy)"),
+                               (os, "posix_spawn", "spawn shim"),
+                               (rootfs, "open_disk", "loop + mount disk (detached)"),
+                               (spawn, "_prepare", "disk layers"),
                                (network, "add_container_link", "veth + eth0"),
                                (cgroups.CgroupV1, "create", "cgroups created"),
-                               (cgroups.CgroupV1, "add_after_clone", "PID 1 into cgroups"),
                                (cgroups.CgroupV2, "create", "cgroups created")):
         timed_step(owner, name, label)
     ROOT.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "panel.api",
     "panel.webhooks",
     "panel.usage",
+    "panel.backups",
     "panel.staff",
     "panel.core",
 ]
@@ -177,8 +178,19 @@ WHITENOISE_USE_FINDERS = True  # serve straight from static/ without collectstat
 
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="berth@localhost")
+SERVER_EMAIL = env.str("SERVER_EMAIL", default=DEFAULT_FROM_EMAIL)
+# SMTP, for EMAIL_BACKEND=django.core.mail.backends.smtp.EmailBackend (password resets).
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
 # Whether anyone may sign up as a customer; an admin can override it (accounts.SiteSettings).
 BERTH_SIGNUP_OPEN = env.bool("BERTH_SIGNUP_OPEN", default=False)
+# Whether customers may add their own installer ISOs (private to them), how many each, how big.
+BERTH_CUSTOMER_ISO_UPLOADS = env.bool("BERTH_CUSTOMER_ISO_UPLOADS", default=False)
+BERTH_CUSTOMER_ISO_MAX = env.int("BERTH_CUSTOMER_ISO_MAX", default=3)
+BERTH_CUSTOMER_ISO_MAX_MIB = env.int("BERTH_CUSTOMER_ISO_MAX_MIB", default=8192)
 
 # --- Redis: Celery broker, Channels layer, console streams ---------------------------------
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
@@ -234,6 +246,8 @@ CELERY_BEAT_SCHEDULE = {
     # Cheap (unfinished operations only) and what ends an operation whose worker died.
     "reap-stale-operations": {"task": "berth.panel.reap_stale_operations", "schedule": 15.0},
     "send-due-webhooks": {"task": "berth.panel.send_due_webhooks", "schedule": 30.0},
+    # Scheduled backups (panel/backups/tasks.py): starts those due, prunes beyond keep N.
+    "run-backup-schedules": {"task": "berth.panel.run_backup_schedules", "schedule": 60.0},
 }
 
 # --- Berth -------------------------------------------------------------------------------
@@ -297,6 +311,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "ServiceStateEnum": "panel.instances.models.InstanceState",
         "OperationStateEnum": "panel.instances.models.Operation.State",
+        "KindEnum": "panel.catalog.models.InstanceKind",
+        "BackupKindEnum": "panel.backups.models.Backup.Kind",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

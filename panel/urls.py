@@ -14,5 +14,6 @@ urlpatterns = [
     path("staff/", include("panel.staff.urls")),
     path("metrics", metrics.panel_metrics, name="metrics"),
     path("metrics/hosts/<slug:name>", metrics.host_metrics, name="metrics-host"),
+    path("", include("panel.backups.urls")),  # before panel.web's instances/<pk>/<action>/
     path("", include("panel.web.urls")),
 ]

@@ -16,7 +16,8 @@ DEBS=(redis-server busybox-static iproute2 nftables gcc libc6-dev pkg-config pyt
       python3-venv libvirt-dev libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
       libxml2-utils debootstrap xorriso procps)
 if [ "$MODE" = test ]; then
-  DEBS+=(postgresql chromium lxc)
+  DEBS+=(postgresql chromium lxc nginx)  # nginx: `nginx -t` on deploy/nginx (tests/panel/test_deploy.py)
+  DEBS+=(isolinux syslinux-common)  # the installer-ISO tests build a bootable ISO (tests/workers/drivers/iso_fixtures.py)
 fi
 missing=()
 for p in "${DEBS[@]}"; do

@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,9 +46,40 @@ MAX_ENTRY_BYTES = 64 * 1024  # console output coalesced into stream entries of a
 MAX_PENDING_BYTES = 256 * 1024  # output read from a console ahead of Redis
 RETRY_MIN_SECONDS, RETRY_MAX_SECONDS = 0.5, 5.0  # reattaching after Redis went away
 MAX_INPUT_BACKLOG_BYTES = 1024 * 1024  # viewers' input a console has not taken yet
+INPUT_WAIT_SECONDS = 10.0  # input that comes while the console is being (re)attached waits this long
 ENDED_SCROLLBACK_SECONDS = 7 * 24 * 3600  # a stopped instance's scrollback stays this long
 SCAN_SECONDS = 2.0
 USAGE_SECONDS = float(os.environ.get("BERTH_USAGE_SECONDS", "30"))
+# A driver's listing that takes longer (libvirtd busy or wedged) is left running and this
+# scan goes on without it: the other driver's consoles and reports do not wait for it.
+LIST_TIMEOUT_SECONDS = float(os.environ.get("BERTH_AGENT_LIST_TIMEOUT", "20"))
+STOP_WAIT_SECONDS = 5.0  # at shutdown, for libvirt to let go of the event watcher
+
+
+async def in_daemon_thread(fn, *args):
+    """``fn(*args)`` in a daemon thread of its own. For calls that can block for as long as
+    an outside daemon pleases (libvirt): unlike ``asyncio.to_thread`` such a call neither
+    takes a thread of the loop's default executor nor holds up the agent's exit, which
+    waits for that executor's threads."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(method, value) -> None:
+        if not future.done():
+            method(value)
+
+    def call() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 (handed to the awaiting task)
+            outcome = (future.set_exception, exc)
+        else:
+            outcome = (future.set_result, result)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=call, name=getattr(fn, "__name__", "blocking"), daemon=True).start()
+    return await future
 
 
 class StreamLost(Exception):
@@ -128,6 +160,7 @@ class ConsoleRelay:
         self.agent, self.uuid, self.driver = agent, uuid, driver
         self.key = console_streams.output_stream(agent.host.name, uuid)
         self.session = None
+        self.opened = asyncio.Event()  # set while ``session`` is open
         self.attached = False  # a console session was opened at least once
         self.sizes: collections.deque[int] = collections.deque()  # the stream's entries, oldest first
         self.total = 0
@@ -201,6 +234,8 @@ class ConsoleRelay:
         self.retry_delay = RETRY_MIN_SECONDS
         session = await self.driver.open_console(self.uuid, from_offset=from_offset)
         self.session, self.attached = session, True
+        self.opened.set()
+        logger.info("console of %s attached at byte %d of boot %s", self.uuid, from_offset, boot)
         pending = PendingOutput(MAX_PENDING_BYTES)
         reader = asyncio.create_task(self._read(session, pending))
         try:
@@ -213,6 +248,8 @@ class ConsoleRelay:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+            self.opened.clear()
+            self.session = None
             with contextlib.suppress(Exception):
                 await session.close()
 
@@ -246,7 +283,7 @@ class ConsoleRelay:
         that does not read its input must not hold up the others (they share one command
         loop). In order (the lock is fair); dropped beyond MAX_INPUT_BACKLOG_BYTES."""
         size = len(message.data)
-        if self.session is None or self.input_backlog + size > MAX_INPUT_BACKLOG_BYTES:
+        if self.input_backlog + size > MAX_INPUT_BACKLOG_BYTES:
             logger.info("console input to %s dropped: the console is not reading it", self.uuid)
             return
         self.input_backlog += size
@@ -257,8 +294,14 @@ class ConsoleRelay:
     async def _deliver(self, message: console_streams.ConsoleInput, size: int) -> None:
         try:
             async with self.input_lock:
+                if self.session is None:
+                    # Attaching (the agent just started) or reattaching (Redis came back):
+                    # what a viewer typed meanwhile goes in once the console is open.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.opened.wait(), INPUT_WAIT_SECONDS)
                 session = self.session
                 if session is None:
+                    logger.info("console input to %s dropped: the console did not open", self.uuid)
                     return
                 if message.kind == "i":
                     await session.write(message.data)
@@ -357,6 +400,9 @@ class Agent:
         self.relays: dict[str, ConsoleRelay] = {}
         self.vnc_relays: dict[str, VncRelay] = {}
         self.known: dict[str, str] = {}
+        self.known_kind: dict[str, str] = {}  # which driver listed each known instance
+        self.listing: dict[str, asyncio.Future] = {}  # a driver's listing still under way
+        self.listed_kinds: set[str] = set()  # drivers that listed their instances at least once
         self.drivers: dict[str, Driver] = {}
         self.virtualization = None
         self.rescan = asyncio.Event()
@@ -423,9 +469,9 @@ class Agent:
         vm = self.drivers.get("vm")
         if vm is None:
             return
-        try:
-            await asyncio.to_thread(vm.prepare_host)
-            self.virtualization = await asyncio.to_thread(vm.virtualization)
+        try:  # libvirt calls: in threads of their own (see in_daemon_thread)
+            await in_daemon_thread(vm.prepare_host)
+            self.virtualization = await in_daemon_thread(vm.virtualization)
         except Exception as exc:
             logger.warning("this host will not run VMs: %s", exc)
             return
@@ -471,7 +517,7 @@ class Agent:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), USAGE_SECONDS)
             try:
-                samples = await asyncio.to_thread(self.usage_samples)
+                samples = await in_daemon_thread(self.usage_samples)  # VMs' counters come from libvirt
                 if samples:
                     await self.report("berth.panel.usage_samples", host_name=self.host.name, samples=samples)
             except Exception:
@@ -489,34 +535,68 @@ class Agent:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.rescan.wait(), SCAN_SECONDS)
 
+    async def _list(self, driver: Driver):
+        """The driver's instances; TimeoutError when its listing takes too long this time
+        (it goes on in its thread; the next scans wait for that one instead of piling up)."""
+        listing = self.listing.get(driver.kind)
+        if listing is None or listing.done():
+            listing = self.listing[driver.kind] = asyncio.ensure_future(in_daemon_thread(driver.list_instances))
+            listing.add_done_callback(lambda f: f.cancelled() or f.exception())  # logged by the scan
+        return await asyncio.wait_for(asyncio.shield(listing), LIST_TIMEOUT_SECONDS)
+
+    async def _listed(self, driver: Driver) -> tuple[Driver, list, str | None]:
+        try:
+            return driver, await self._list(driver), None
+        except DriverError as exc:
+            return driver, [], str(exc)
+        except TimeoutError:
+            return driver, [], f"no answer within {LIST_TIMEOUT_SECONDS:.0f} s"
+
     async def scan(self, *, report_all: bool = False) -> None:
-        """Attach consoles of running instances; report power states that changed."""
+        """Attach consoles of running instances; report power states that changed.
+
+        Each driver's consoles are attached as soon as that driver has listed its instances:
+        containers' consoles never wait for libvirt, which can take its time (a busy or
+        restarting libvirtd) right when the agent starts. A driver that could not list its
+        instances this time says nothing about them: they are neither absent nor changed."""
         current: dict[str, tuple[str, Driver]] = {}
-        for driver in self.drivers.values():
-            try:
-                statuses = await asyncio.to_thread(driver.list_instances)
-            except DriverError as exc:
-                logger.warning("listing %s instances failed: %s", driver.kind, exc)
-                continue
-            for status in statuses:
-                current[status.uuid] = (status.state.value, driver)
+        unlisted: set[str] = set()
+        listings = [asyncio.ensure_future(self._listed(driver)) for driver in self.drivers.values()]
+        try:
+            for done in asyncio.as_completed(listings):
+                driver, statuses, error = await done
+                if error is not None:
+                    unlisted.add(driver.kind)
+                    logger.warning("listing %s instances failed: %s", driver.kind, error)
+                    continue
+                for status in statuses:
+                    current[status.uuid] = (status.state.value, driver)
+                    if status.state == PowerState.RUNNING and status.uuid not in self.relays:
+                        self.attach(status.uuid, driver)
+        finally:
+            for listing in listings:
+                listing.cancel()
         for uuid, (state, driver) in current.items():
-            if state == PowerState.RUNNING and uuid not in self.relays:
-                self.attach(uuid, driver)
+            first = report_all or driver.kind not in self.listed_kinds
             changed = uuid in self.known and self.known[uuid] != state
-            if state == PowerState.STOPPED and (report_all or changed):
+            if state == PowerState.STOPPED and (first or changed):
                 await self._reap(uuid, driver)
-            if report_all or changed:
+            if first or changed:
                 await self.report(
                     "berth.panel.power_state", host_name=self.host.name, uuid=uuid, power_state=state
                 )
         for uuid in set(self.known) - set(current):
+            if self.known_kind.get(uuid) in unlisted:  # not listed this time: as it was
+                current[uuid] = (self.known[uuid], self.drivers[self.known_kind[uuid]])
+                continue
             await self.report(
                 "berth.panel.power_state", host_name=self.host.name, uuid=uuid, power_state="absent"
             )
             with contextlib.suppress(RedisError):  # destroyed: its console output goes with it
                 await self.redis.delete(console_streams.output_stream(self.host.name, uuid))
+        self.listed_kinds |= {driver.kind for driver in self.drivers.values()} - unlisted
         self.known = {uuid: state for uuid, (state, _) in current.items()}
+        self.known_kind = {uuid: driver.kind for uuid, (_, driver) in current.items()}
 
     async def _reap(self, uuid: str, driver: Driver) -> None:
         """An instance stopped by itself (or while this agent was away): have its driver tidy
@@ -606,6 +686,7 @@ class Agent:
             if driver is not None:
                 self.attach(uuid, driver)
                 self.known[uuid] = PowerState.RUNNING.value
+                self.known_kind[uuid] = driver.kind
             if command.get("reply"):
                 await self.redis.lpush(command["reply"], "ok")
                 await self.redis.expire(command["reply"], 30)
@@ -647,23 +728,29 @@ class Agent:
             asyncio.create_task(self.probe_virtualization(), name="virt-probe"),
             asyncio.create_task(self.usage_loop(), name="usage"),
         ]
-        watcher = self._watch_vms() if "vm" in self.drivers else None
+        watcher = asyncio.create_task(self._watch_vms(), name="vm-events") if "vm" in self.drivers else None
         logger.info("agent for host %s running", self.host.name)
         await self.stopping.wait()
-        if watcher is not None:
-            await asyncio.to_thread(watcher.stop)
+        logger.info("stopping")
+        # Consoles first: they stop where they are, and the next agent resumes there.
         for task in workers:
             task.cancel()
         for relay in list(self.relays.values()):
             await relay.stop()
         for vnc in list(self.vnc_relays.values()):
             await vnc.stop()
+        logger.info("consoles detached")
         await asyncio.gather(*workers, return_exceptions=True)
+        if watcher is not None:
+            await self._stop_watching(watcher)
         await self.redis.aclose()
         self.reporter.shutdown(wait=True)
+        logger.info("stopped")
 
-    def _watch_vms(self):
-        """libvirt lifecycle events: a guest that powers off is reported within moments."""
+    async def _watch_vms(self):
+        """libvirt lifecycle events: a guest that powers off is reported within moments.
+        Connecting runs in a thread of its own: a busy or restarting libvirtd must not hold
+        up the agent's loop (the consoles, the heartbeat) meanwhile."""
         from workers.drivers.vm.events import LifecycleWatcher  # noqa: PLC0415 (libvirt only here)
 
         loop = asyncio.get_running_loop()
@@ -673,15 +760,30 @@ class Agent:
 
         watcher = LifecycleWatcher(self.host, on_event)
         try:
-            watcher.start()
+            await in_daemon_thread(watcher.start)
         except Exception as exc:
             logger.warning("cannot watch libvirt events: %s", exc)
             return None
         return watcher
 
+    async def _stop_watching(self, task: asyncio.Task) -> None:
+        """Stop the libvirt watcher (or its connecting), waiting a few seconds at most: a
+        libvirtd that does not answer must not keep the agent from exiting."""
+        if not task.done():
+            task.cancel()  # still connecting: its thread gives up with the process
+            return
+        watcher = None if task.cancelled() or task.exception() else task.result()
+        if watcher is None:
+            return
+        try:
+            await asyncio.wait_for(in_daemon_thread(watcher.stop), STOP_WAIT_SECONDS)
+        except TimeoutError:
+            logger.warning("libvirt did not let go of the event watcher within %.0f s", STOP_WAIT_SECONDS)
+
     async def _vm_event(self, uuid: str, state: PowerState, reason: str) -> None:
         previous = self.known.get(uuid)
         self.known[uuid] = state.value
+        self.known_kind[uuid] = "vm"
         if previous is not None and previous != state.value:
             await self.report(
                 "berth.panel.power_state", host_name=self.host.name, uuid=uuid,

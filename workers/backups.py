@@ -272,6 +272,19 @@ def extract_archive(path: Path, dest: Path, *, kind: str) -> dict[str, Any]:
     return manifest
 
 
+def removable_archive(path: Any) -> Path | None:
+    """``path`` when it names a Berth archive (``/…/<uuid hex>/<name>.tar.zst``), else None: what
+    the panel may ask a host to remove (``hostworker.remove_archive``), and nothing else."""
+    if not isinstance(path, str):
+        return None
+    archive = Path(path)
+    if (not archive.is_absolute() or ".." in archive.parts or not archive.name.endswith(SUFFIX)
+            or not ARCHIVE_NAME_RE.match(archive.name[: -len(SUFFIX)])
+            or not re.fullmatch(r"[0-9a-f]{32}", archive.parent.name)):
+        return None
+    return archive
+
+
 def remove_archive(path: str) -> None:
     archive = Path(path)
     for victim in (archive, archive.with_name(archive.name + ".sha256"),

@@ -113,6 +113,7 @@ def load_host_settings(env: dict[str, str] | None = None) -> HostSettings:
         uid_base=int(env.get("BERTH_UID_BASE", "1000000")),
         uid_slots=int(env.get("BERTH_UID_SLOTS", "1024")),
         libvirt_uri=env.get("BERTH_LIBVIRT_URI", "qemu:///system"),
+        cgroup_base=env.get("BERTH_CGROUP_BASE") or None,
     )
     settings = HostSettings(
         host=host,

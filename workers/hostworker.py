@@ -158,7 +158,7 @@ def _outcome(operation_id: int, action: str, instance: InstanceSpec,
         ask_agent_to_attach(instance.uuid)
     outcome = {**head, "ok": True, "power_state": status.state.value,
                "detail": status.detail if action in NOTED_ACTIONS else ""}
-    if step:
+    if step or isinstance(done, backups.StepOutcome):  # a snapshot's or backup's too (sizes, checksum)
         outcome["result"] = result or {}
     return outcome
 
@@ -259,6 +259,17 @@ def run_operation(self, operation_id: int, action: str, spec: dict[str, Any],
         send_outcome(outcome)
     else:
         logger.warning("operation %s was given up by the panel before it finished", operation_id)
+
+
+@app.task(name="berth.host.remove_archive")
+def remove_archive(path: str) -> None:
+    """Remove a backup archive (and its .sha256) the panel no longer keeps (retention, or its
+    owner deleted it). Only a Berth archive path is touched: ``<target>/<uuid>/<name>.tar.zst``."""
+    archive = backups.removable_archive(path)
+    if archive is None:
+        logger.warning("refused to remove %r: not a backup archive's path", path)
+        return
+    backups.remove_archive(str(archive))
 
 
 @signals.worker_init.connect

@@ -114,5 +114,8 @@ def add_links(result, generator, request, public):
     for action in ("start", "stop", "reboot", "suspend", "unsuspend", "terminate", "change_plan"):
         link(f"services_{action}", ("202",), {"GetOperation": "operations_retrieve"},
              "$response.body#/operation")
+    for operation_id in ("snapshots_create", "snapshots_restore", "snapshots_destroy", "backups_create",
+                         "backups_restore"):  # panel/backups/api.py
+        link(operation_id, ("202",), {"GetOperation": "operations_retrieve"}, "$response.body#/operation")
     link("customers_create", ("200", "201"), {"GetCustomer": "customers_retrieve"}, "$response.body#/id")
     return result

@@ -80,5 +80,8 @@ def active_plans() -> QuerySet[Plan]:
     return Plan.objects.filter(is_active=True)
 
 
-def active_images() -> QuerySet[Image]:
-    return Image.objects.filter(is_active=True)
+def active_images(token=None) -> QuerySet[Image]:
+    """The shared catalogue; a customer token also sees that customer's own installer ISOs."""
+    from panel.catalog.selectors import orderable_images  # noqa: PLC0415
+
+    return orderable_images(token.customer if token is not None and token.customer_id else None)

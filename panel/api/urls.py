@@ -10,6 +10,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from panel.api.exceptions import not_found
 from panel.api.views import catalogue, customers, operations, services
+from panel.backups import api as backups
 
 
 class IdConverter:
@@ -57,6 +58,15 @@ urlpatterns = [
     *both("services/<api_id:id>/sso", services.ServiceSso, "api-service-sso"),
     *both("services/<api_id:id>/console/", services.ServiceConsole, "api-service-console"),
     *both("services/<api_id:id>/usage/", services.ServiceUsage, "api-service-usage"),
+    *both("services/<api_id:id>/snapshots/", backups.SnapshotListCreate, "api-service-snapshots"),
+    *both("services/<api_id:id>/snapshots/<str:name>/", backups.SnapshotDetail, "api-service-snapshot"),
+    *both("services/<api_id:id>/snapshots/<str:name>/restore/", backups.SnapshotRestore,
+          "api-service-snapshot-restore"),
+    *both("services/<api_id:id>/backups/", backups.BackupListCreate, "api-service-backups"),
+    *both("services/<api_id:id>/backups/<api_id:backup_id>/", backups.BackupDetail, "api-service-backup"),
+    *both("services/<api_id:id>/backups/<api_id:backup_id>/restore/", backups.BackupRestore,
+          "api-service-backup-restore"),
+    *both("services/<api_id:id>/backup-schedule/", backups.ScheduleDetail, "api-service-backup-schedule"),
     *both("operations/<api_id:id>/", operations.OperationDetail, "api-operation"),
     re_path(r"^[\s\S]*$", not_found),  # [\s\S]: a URL may carry an encoded newline
 ]

@@ -53,6 +53,11 @@ class Image(models.Model):
         help_text="Imported images: entrypoint, cmd, env, working dir, user, ports, volumes.",
     )
     is_active = models.BooleanField(default=True)
+    owner = models.ForeignKey(
+        "accounts.Customer", null=True, blank=True, on_delete=models.CASCADE,
+        related_name="private_images",
+        help_text="A customer's own installer ISO: only they may order it. Empty: everyone.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -64,6 +69,10 @@ class Image(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.get_kind_display()})"
+
+    def orderable_by(self, customer) -> bool:
+        """Everyone's image, or this customer's own."""
+        return self.owner_id is None or (customer is not None and self.owner_id == customer.pk)
 
     @property
     def is_app(self) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings
@@ -29,8 +30,8 @@ class StoreUploadedFile(UploadedFile):
     """An upload being written to a temporary file in the image store."""
 
     def __init__(self, name: str, content_type: str, charset: str | None,
-                 content_type_extra: dict | None = None) -> None:
-        file = tempfile.NamedTemporaryFile(suffix=".upload", dir=upload_dir())  # noqa: SIM115 (the upload owns it)
+                 content_type_extra: dict | None = None, directory: Path | None = None) -> None:
+        file = tempfile.NamedTemporaryFile(suffix=".upload", dir=directory or upload_dir())  # noqa: SIM115 (the upload owns it)
         super().__init__(file, name, content_type, 0, charset, content_type_extra)
 
     def temporary_file_path(self) -> str:
@@ -42,12 +43,18 @@ class StoreUploadedFile(UploadedFile):
 
 
 class ImageStoreUploadHandler(FileUploadHandler):
-    """Set as the request's only upload handler before its body is read."""
+    """Set as the request's only upload handler before its body is read. ``directory`` (a
+    callable giving the directory) receives uploads elsewhere in the store (installer ISOs)."""
+
+    def __init__(self, request=None, directory: Callable[[], Path] | None = None) -> None:
+        super().__init__(request)
+        self.directory = directory
 
     def new_file(self, *args, **kwargs) -> None:
         super().new_file(*args, **kwargs)
         self.file = StoreUploadedFile(self.file_name, self.content_type, self.charset,
-                                      self.content_type_extra)
+                                      self.content_type_extra,
+                                      directory=self.directory() if self.directory else None)
 
     def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
         self.file.write(raw_data)

@@ -42,7 +42,28 @@ def fleet_usage(host_ids: list[int]) -> dict[int, HostUsage]:
         vcpus=Sum("plan__vcpus"), memory=Sum("plan__memory_mib"), disk=Sum("plan__disk_gib"), n=Count("id"),
     )
     usage = {row["host"]: HostUsage(row["vcpus"] or 0, row["memory"] or 0, row["disk"] or 0, row["n"]) for row in rows}
-    return {pk: usage.get(pk, HostUsage(0, 0, 0, 0)) for pk in host_ids}
+    moving = moving_in(host_ids)
+    return {pk: _plus(usage.get(pk, HostUsage(0, 0, 0, 0)), moving.get(pk)) for pk in host_ids}
+
+
+def _plus(usage: HostUsage, more: HostUsage | None) -> HostUsage:
+    if more is None:
+        return usage
+    return HostUsage(usage.vcpus + more.vcpus, usage.memory_mib + more.memory_mib,
+                     usage.disk_gib + more.disk_gib, usage.instances + more.instances)
+
+
+def moving_in(host_ids: Collection[int]) -> dict[int, HostUsage]:
+    """What moves under way hold on their target hosts (``panel/instances/services/moves.py``):
+    reserved when the move is accepted, like an order, until the instance is switched over or
+    the move ends; counted by every placement, so a target is never oversubscribed."""
+    from panel.instances.services.moves import reservations  # noqa: PLC0415 (cycle)
+
+    totals: dict[int, HostUsage] = {}
+    for host_id, plan, _slot in reservations(host_ids):
+        totals[host_id] = _plus(totals.get(host_id, HostUsage(0, 0, 0, 0)),
+                                HostUsage(plan.vcpus, plan.memory_mib, plan.disk_gib, 1))
+    return totals
 
 
 def host_usage(host: Host, *, exclude_instance_id: int | None = None) -> HostUsage:
@@ -57,7 +78,8 @@ def host_usage(host: Host, *, exclude_instance_id: int | None = None) -> HostUsa
         disk=Sum("plan__disk_gib"),
         n=Count("id"),
     )
-    return HostUsage(agg["vcpus"] or 0, agg["memory"] or 0, agg["disk"] or 0, agg["n"])
+    return _plus(HostUsage(agg["vcpus"] or 0, agg["memory"] or 0, agg["disk"] or 0, agg["n"]),
+                 moving_in([host.pk]).get(host.pk))
 
 
 def capacity_problem(host: Host, usage: HostUsage, *, vcpus: int, memory_mib: int, disk_gib: int) -> str:
@@ -90,10 +112,18 @@ def free_uid_slot(host: Host) -> int | None:
     taken = set(
         Instance.objects.live().filter(host=host, uid_slot__isnull=False).values_list("uid_slot", flat=True)
     )
+    taken |= taken_by_moves(host)
     for slot in range(host.uid_slots):
         if slot not in taken:
             return slot
     return None
+
+
+def taken_by_moves(host: Host) -> set[int]:
+    """uid ranges reserved on ``host`` by moves under way (see ``moving_in``)."""
+    from panel.instances.services.moves import reservations  # noqa: PLC0415
+
+    return {slot for _host, _plan, slot in reservations([host.pk]) if slot is not None}
 
 
 def _weight(host: Host, usage: HostUsage, weigher: str) -> tuple:

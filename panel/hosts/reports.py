@@ -31,6 +31,7 @@ REPORT_TASKS = frozenset({
     "berth.panel.power_state",
     "berth.panel.reconcile_report",
     "berth.panel.usage_samples",
+    "berth.panel.step_report",
 })
 
 

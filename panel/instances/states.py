@@ -46,8 +46,9 @@ ACTION_FROM_STATES: dict[str, frozenset[str]] = {
     A.DELETE_SNAPSHOT: frozenset({S.RUNNING, S.STOPPED, S.ERROR}),
     A.BACKUP: frozenset({S.RUNNING, S.STOPPED}),
     A.RESTORE_BACKUP: frozenset({S.RUNNING, S.STOPPED, S.ERROR}),
-    # Cold migration: the instance is stopped first.
-    A.MOVE: frozenset({S.STOPPED}),
+    # Cold migration (panel/instances/services/moves.py): a running instance is stopped for
+    # the copy and started again on the target; a suspended one moves and stays off.
+    A.MOVE: frozenset({S.RUNNING, S.STOPPED, S.SUSPENDED}),
 }
 
 # Actions a customer may take on their own instance (suspend/unsuspend belong to billing/admins).

@@ -28,10 +28,11 @@ def operation_progress(operation_id: int, progress: str) -> None:
 
 @shared_task(name="berth.panel.operation_finished", **DATABASE_RETRY)
 def operation_finished(
-    operation_id: int, ok: bool, error: str = "", power_state: str | None = None, detail: str = ""
+    operation_id: int, ok: bool, error: str = "", power_state: str | None = None, detail: str = "",
+    result: dict | None = None,
 ) -> None:
     results.record_operation_finished(
-        operation_id, ok=ok, error=error, power_state=power_state, detail=detail
+        operation_id, ok=ok, error=error, power_state=power_state, detail=detail, result=result
     )
 
 
@@ -55,3 +56,13 @@ def reconcile_report(host_name: str, instances: list[dict[str, str]]) -> list[st
     except DATABASE_ERRORS as exc:
         logger.warning("reconcile report of %s dropped, the database is unreachable: %s", host_name, exc)
         return []
+
+
+@shared_task(name="berth.panel.step_report", **DATABASE_RETRY)
+def step_report(operation_id: int, step: str, host_name: str, event: str, **report) -> None:
+    """One step of a multi-step operation (a move between hosts) started, progressed or
+    finished on ``host_name`` (``workers/hostworker.py``)."""
+    from panel.instances.services.moves import record_step  # noqa: PLC0415
+
+    record_step(operation_id, step=step, host_name=host_name, event=event,
+                **{k: v for k, v in report.items() if not k.startswith("_")})

@@ -184,7 +184,13 @@ class StreamHub:
                     continue
                 delay = 0.1
                 for key, entries in response or ():
-                    self._deliver(key.decode(), [(i.decode(), f) for i, f in entries])
+                    key = key.decode()
+                    if self._last.get(key, streams.get(key)) != streams.get(key):
+                        # Nobody followed it for a moment and it is followed again, from
+                        # another point: this answer was read from the old one (it could skip
+                        # entries the new follower needs). The next XREAD reads from the new.
+                        continue
+                    self._deliver(key, [(i.decode(), f) for i, f in entries])
         finally:
             with contextlib.suppress(Exception):
                 await client.aclose()

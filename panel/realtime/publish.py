@@ -1,17 +1,20 @@
 """The one way live events leave the panel: typed payloads sent, after commit, to everyone
 entitled to them.
 
-Each event is appended to the *feeds* of those who may see it: ``berth:events:user.<id>`` (the
-instance's owner) and ``berth:events:staff`` (every admin), capped Redis streams. A feed is
+Each event is appended to the *feeds* of those who may see it: ``berth:events:<ns>:user.<id>``
+(the instance's owner) and ``berth:events:<ns>:staff`` (every admin), capped Redis streams
+(``<ns>`` tells apart panels that share a Redis database: see ``feed_stream``). A feed is
 what ``/ws/events/`` follows (``panel/realtime/events.py``): the stream id of an entry is the
 event's sequence number, so a browser that reconnects asks for what it missed. State changes
-also go to the instance's own feed, ``berth:events:instance.<id>``, which its serial consoles
+also go to the instance's own feed, ``berth:events:<ns>:instance.<id>``, which its serial consoles
 follow (to close on suspension and termination), and to the channel-layer group
 ``instance.<id>``, which its graphical consoles join.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 from typing import Any
@@ -19,7 +22,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -44,8 +47,19 @@ def user_group(user_id: int) -> str:
     return f"user.{user_id}"
 
 
+@functools.cache
+def _namespace(database: str) -> str:
+    return hashlib.sha256(database.encode()).hexdigest()[:8]
+
+
 def feed_stream(group: str) -> str:
-    return f"berth:events:{group}"
+    """The Redis stream of ``group``'s feed. Groups are named after database ids (users,
+    instances), which are unique within one database only, while one Redis database may
+    serve several panels, each with its own database (test runs side by side: they once
+    mixed two instances numbered alike into one feed, "provisioning" showing twice). The
+    name of the panel's database keeps their feeds apart."""
+    database = str(connections["default"].settings_dict.get("NAME") or "")
+    return f"berth:events:{_namespace(database)}:{group}"
 
 
 def _append_to_feeds(feeds: list[str], event: dict[str, Any]) -> None:

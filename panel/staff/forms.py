@@ -123,6 +123,35 @@ class ImportImageForm(forms.Form):
     )
 
 
+class ImportIsoForm(forms.Form):
+    iso = forms.FileField(
+        label="Installer ISO",
+        help_text="A bootable .iso (ISO 9660 with an El Torito boot record for BIOS), e.g. a "
+                  "distribution's netinst image.",
+        error_messages={"required": "Choose the ISO to upload.",
+                        "empty": "The file is empty: it is not an ISO."},
+    )
+    name = forms.CharField(label="Name", max_length=100,
+                           help_text="The VM image's name in the catalogue, e.g. debian-12-netinst.",
+                           error_messages={"required": "Give the image a name."})
+    sha256 = forms.CharField(
+        label="SHA-256", required=False, max_length=71,
+        help_text="The checksum its publisher gives (from SHA256SUMS); the upload is refused if "
+                  "the file does not match. Empty: computed and stored, not checked.",
+    )
+
+    def clean_sha256(self) -> str:
+        from workers.images.iso import parse_sha256  # noqa: PLC0415
+
+        value = self.cleaned_data["sha256"].strip()
+        if not value:
+            return ""
+        try:
+            return parse_sha256(value)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
 class QuotaForm(forms.ModelForm):
     class Meta:
         model = Customer

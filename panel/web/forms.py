@@ -14,6 +14,7 @@ from panel.accounts.credentials import hash_root_password
 from panel.accounts.models import Customer, SshKey
 from panel.catalog import oci
 from panel.catalog.models import Image, InstanceKind, Plan
+from panel.catalog.selectors import orderable_images
 from panel.instances.models import Instance, InstanceState
 from panel.instances.validators import validate_hostname
 
@@ -57,8 +58,7 @@ class OrderForm(forms.Form):
     access = forms.ChoiceField(
         label="Log in with",
         choices=[(ACCESS_KEYS, "My SSH keys"), (ACCESS_PASSWORD, "A root password")],
-        widget=forms.RadioSelect,
-        error_messages={"required": "Choose how you will log in."},
+        widget=forms.RadioSelect, required=False,  # installer ISOs: the installer asks (clean())
     )
     ssh_keys = forms.ModelMultipleChoiceField(
         label="SSH keys", queryset=SshKey.objects.none(), required=False,
@@ -96,6 +96,7 @@ class OrderForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.customer = customer
         self.fields["ssh_keys"].queryset = SshKey.objects.filter(customer=customer)
+        self.fields["image"].queryset = orderable_images(customer)  # others' own ISOs: not listed
 
     def clean_hostname(self) -> str:
         return validate_hostname(self.cleaned_data["hostname"])
@@ -149,6 +150,9 @@ class OrderForm(forms.Form):
                 if field not in self.errors:
                     self.add_error(field, message)
         access = data.get("access")
+        if not access and "access" not in self.errors and not (
+                image is not None and image.source == Image.Source.ISO):
+            self.add_error("access", "Choose how you will log in.")
         if access == ACCESS_KEYS and not data.get("ssh_keys") and "ssh_keys" not in self.errors:
             self.add_error("ssh_keys", "Choose at least one SSH key, or log in with a root password."
                            if self.fields["ssh_keys"].queryset.exists() else
@@ -179,7 +183,7 @@ class OrderForm(forms.Form):
         """Keyword arguments for ``order_instance`` from a valid form: credentials as the
         instance keeps them (keys as authorized_keys lines, the password only hashed)."""
         data = self.cleaned_data
-        keys = data["ssh_keys"] if data["access"] == ACCESS_KEYS else []
+        keys = data["ssh_keys"] if data.get("access") == ACCESS_KEYS else []
         return {
             "plan": data["plan"],
             "image": data["image"],

@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from panel.web import views
+from panel.web import iso_views, views
 
 urlpatterns = [
     path("", views.instance_list, name="instance-list"),
@@ -9,5 +9,6 @@ urlpatterns = [
     path("instances/<int:pk>/part/<str:part>/", views.instance_part, name="instance-part"),
     path("instances/<int:pk>/usage/", views.instance_usage, name="instance-usage"),
     path("instances/<int:pk>/<str:action>/", views.instance_action, name="instance-action"),
+    path("images/iso/", iso_views.iso_list, name="iso-list"),
     path("", include("panel.accounts.urls")),
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 import uuid
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -17,6 +18,7 @@ from django.views.decorators.http import require_GET
 from panel.accounts.selectors import customer_of, quota_usage
 from panel.accounts.services import site_settings
 from panel.catalog.models import Image, InstanceKind, Plan
+from panel.catalog.selectors import orderable_images
 from panel.instances.models import Instance, InstanceState, Operation
 from panel.instances.selectors import get_visible_instance, visible_instances
 from panel.instances.services.actions import active_operation, request_action
@@ -67,7 +69,9 @@ def _wants_json(request: HttpRequest) -> bool:
 @login_required
 def instance_list(request: HttpRequest) -> HttpResponse:
     form = InstanceFilterForm(request.GET or None)
-    filters = form.cleaned_data if form.is_valid() else {}
+    if form.is_bound:
+        form.is_valid()  # a bad value is refused next to its field; the valid ones still filter
+    filters = getattr(form, "cleaned_data", {})
     instances = filter_instances(
         visible_instances(request.user),
         q=filters.get("q", ""), state=filters.get("state", ""), kind=filters.get("kind", ""),
@@ -100,13 +104,14 @@ def _order_context(form: OrderForm, customer) -> dict:
     kinds = [
         {"value": value, "label": label,
          "available": any(p["plan"].kind == value for p in plans)
-         and Image.objects.filter(is_active=True, kind=value).exists()}
+         and orderable_images(customer).filter(kind=value).exists()}
         for value, label in InstanceKind.choices
     ]
     return {
         "form": form, "customer": customer, "quota": quota, "plans": plans, "kinds": kinds,
-        "images": Image.objects.filter(is_active=True),
-        "has_apps": Image.objects.filter(is_active=True, source=Image.Source.OCI).exists(),
+        "images": orderable_images(customer),
+        "has_apps": orderable_images(customer).filter(source=Image.Source.OCI).exists(),
+        "iso_uploads": settings.BERTH_CUSTOMER_ISO_UPLOADS,
         "has_keys": customer.ssh_keys.exists(),
         "ACCESS_KEYS": ACCESS_KEYS, "ACCESS_PASSWORD": ACCESS_PASSWORD,
     }
@@ -146,7 +151,7 @@ def instance_order(request: HttpRequest) -> HttpResponse:
         form = OrderForm(customer=customer, initial={
             "kind": kind,
             "plan": plan.pk if plan else None,
-            "image": Image.objects.filter(is_active=True, kind=kind).values_list("pk", flat=True).first(),
+            "image": orderable_images(customer).filter(kind=kind).values_list("pk", flat=True).first(),
             "access": ACCESS_KEYS if customer.ssh_keys.exists() else ACCESS_PASSWORD,
             "ssh_keys": list(customer.ssh_keys.values_list("pk", flat=True)[:1]),
             "order_token": uuid.uuid4().hex,

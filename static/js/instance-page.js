@@ -145,6 +145,21 @@
   // Opening the history shows it as it is now, whatever events were missed or are on their way.
   document.addEventListener("berth:tab", (e) => { if (e.detail === "history") refreshHistory(); });
 
+  // --- the screen's viewer -------------------------------------------------------------------
+  // js/vnc.js (a module: noVNC is ~40 files) runs only if every file arrived. If one did not
+  // (a network blip), say so in the Screen tab rather than leave its placeholder up for good.
+  // Load errors do not bubble: caught on their way down, before they reach the script.
+  window.addEventListener("error", (e) => {
+    const box = document.getElementById("vnc");
+    if (!box || !(e.target instanceof HTMLScriptElement) || !e.target.src.endsWith("/js/vnc.js")) return;
+    const note = Object.assign(document.createElement("p"), {
+      className: "help", id: "vnc-status",
+      textContent: "The screen viewer could not be loaded. Reload the page to try again.",
+    });
+    note.setAttribute("role", "status");
+    box.replaceChildren(note);
+  }, true);
+
   // --- tabs ---------------------------------------------------------------------------------
   const tablist = document.querySelector("#instance-tabs [role=tablist]");
   const tabs = Array.from(tablist.querySelectorAll("[role=tab]"));

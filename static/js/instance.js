@@ -14,6 +14,12 @@
   const CLOSE_ENDED = 4000;  // the server closed it: the instance was suspended or terminated
   let state = document.querySelector(`[data-instance-state="${instanceId}"]`).textContent.trim();
 
+  function skippedText(bytes) {
+    if (bytes < 1024) return `${bytes} bytes`;
+    if (bytes < 1024 * 1024) return `${Math.round(bytes / 1024)} KiB`;
+    return `${(bytes / (1024 * 1024)).toFixed(1)} MiB`;
+  }
+
   const view = {
     term: null, fit: null, ws: null, delay: 500, cursor: null,
     readOnly: new URL(consoleEl.dataset.url, location.href).searchParams.get("mode") === "ro",
@@ -49,6 +55,12 @@
       }
     },
 
+    sayConnected() {
+      statusEl.textContent = !LIVE_STATES.includes(state)
+        ? `Connected; the instance is ${state}. Its output appears here when it runs again.`
+        : this.readOnly ? "Connected, read-only." : "Connected.";
+    },
+
     control(message) {
       if (message.type === "cursor") {
         const at = message.resume.lastIndexOf(":");
@@ -57,9 +69,16 @@
         this.term.reset();
         this.cursor = null;
       } else if (message.type === "gap") {
-        statusEl.textContent = `This browser fell behind: ${message.skipped_bytes} bytes of output were skipped.`;
+        // Said where it happened, in the terminal itself (dim, on a line of its own), so the
+        // output around it is not mistaken for contiguous; not counted in the resume offset.
+        const skipped = skippedText(message.skipped_bytes);
+        this.term.write(`\r\n\x1b[2m[… ${skipped} of output skipped …]\x1b[0m\r\n`);
+        statusEl.textContent = `This browser fell behind: ${skipped} of output were skipped.`;
       } else if (message.type === "state") {
+        // The socket stays open across a stop and start (the next boot arrives on it), so
+        // "Connected." alone would claim a stopped instance can be typed to.
         state = message.state;
+        if (this.ws && this.ws.readyState === WebSocket.OPEN) this.sayConnected();
       } else if (message.type === "error") {
         statusEl.textContent = message.detail;
       }
@@ -76,7 +95,7 @@
       this.ws = ws;
       ws.onopen = () => {
         this.delay = 500;
-        statusEl.textContent = this.readOnly ? "Connected, read-only." : "Connected.";
+        this.sayConnected();
         consoleEl.dataset.connected = "true";
         if (!this.cursor) this.term.reset();  // a fresh start: the whole scrollback follows
         this.sendResize(this.term.cols, this.term.rows);

@@ -111,8 +111,23 @@
       if (!hostPage || String(event.host.id) === hostPage.dataset.hostPage) scheduleRefresh();
     } else if (event.type === "instance.state" || event.type === "operation") {
       scheduleRefresh();
+      if (moves && event.type === "operation" && event.operation.action === "move") scheduleMoves();
     }
   });
+
+  // A host's evacuation: its progress list is re-fetched when one of its moves reports.
+  const moves = document.querySelector("[data-moves-url]");
+  let movesPending = null;
+  function scheduleMoves() {
+    if (movesPending) return;
+    movesPending = setTimeout(async () => {
+      movesPending = null;
+      try {
+        const response = await fetch(moves.dataset.movesUrl, { headers: { Accept: "text/html" } });
+        if (response.ok) moves.innerHTML = await response.text();
+      } catch (err) { console.warn("moves refresh failed", err); }
+    }, 500);
+  }
   if (hostPage || fleet) {
     scheduleRefresh();
     setInterval(scheduleRefresh, 15000);  // heartbeats stop when a host dies: keep ages current

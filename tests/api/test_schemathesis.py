@@ -14,6 +14,7 @@ from schemathesis import GenerationMode
 
 from panel.accounts.models import Customer
 from panel.api.services.tokens import create_token
+from panel.backups.models import Backup, BackupSchedule, Snapshot
 from panel.instances.models import Instance, Operation
 from panel.instances.services import results
 from panel.instances.services.ordering import order_instance
@@ -127,6 +128,9 @@ def test_stateful_along_the_links(api_schema):
     class Workflow(api_schema.as_state_machine()):
         def teardown(self):
             # Every run starts from the seed: what a step finds must not depend on earlier runs.
+            Snapshot.objects.all().delete()
+            Backup.objects.all().delete()
+            BackupSchedule.objects.all().delete()
             Instance.objects.exclude(pk__in=known["services"]).delete()
             Operation.objects.exclude(pk__in=known["operations"]).delete()
             Instance.objects.filter(pk__in=known["services"]).update(

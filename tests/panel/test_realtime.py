@@ -132,3 +132,15 @@ def test_every_page_tells_its_socket_where_to_start(client):
     html = client.get("/").content.decode()
     seq = html.split('data-events-seq="', 1)[1].split('"', 1)[0]
     parse_id(seq)  # a stream id
+
+
+def test_panels_that_share_a_redis_database_keep_their_feeds_apart(monkeypatch):
+    """Feeds are named after database ids; two panels (test runs side by side) on one Redis
+    database number their users and instances alike, and must not read each other's."""
+    from django.db import connections
+
+    ours = feed_stream(user_group(7))
+    assert ours == feed_stream(user_group(7))  # stable
+    monkeypatch.setitem(connections["default"].settings_dict, "NAME", "another_panel")
+    theirs = feed_stream(user_group(7))
+    assert theirs != ours and theirs.endswith(":user.7") and ours.endswith(":user.7")

@@ -258,6 +258,8 @@ def _api(key: str | None) -> APIClient:
 def _api_url(path: str, world: World) -> str:
     ids = {"customers": world.owner.pk, "operations": world.operation.pk}
     resource = path.split("/")[3]
+    # A snapshot's name and a backup's id (panel/backups): any, the service's check comes first.
+    path = path.replace("{name}", "snap").replace("{backup_id}", "1")
     return path.replace("{id}", str(ids.get(resource, world.instance.pk)))
 
 

@@ -242,6 +242,21 @@ def test_list_filters_searches_and_pages(logged_in, customer, plan, image, sent_
     assert rows.content.decode().lstrip().startswith("<p") and "<html" not in rows.content.decode()
 
 
+def test_a_bad_filter_is_refused_next_to_its_field_and_the_others_still_apply(logged_in, running):
+    url = reverse("instance-list")
+    response = logged_in.get(url, {"state": "bogus", "q": "x" * 101, "kind": "vm"})
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert re.search(r'<ul class="field-error" id="id_state_error"><li>Select a valid choice. '
+                     r'bogus is not one of the available choices.</li></ul>', body)
+    assert re.search(r'<ul class="field-error" id="id_q_error"><li>Ensure this value has at most 100 '
+                     r'characters \(it has 101\).</li></ul>', body)
+    assert 'aria-describedby="id_state_error"' in body  # the input points at its message
+    assert response.context["page"].paginator.count == 0  # kind=vm still filters the container out
+    assert "id_kind_error" not in body
+    assert logged_in.get(url, {"state": "bogus"}).context["page"].paginator.count == 1
+
+
 def test_list_shows_state_addresses_plan_and_uptime(logged_in, running):
     body = logged_in.get(reverse("instance-list")).content.decode()
     assert f'data-instance-state="{running.pk}"' in body and ">running<" in body

@@ -153,6 +153,15 @@ class Fleet:
                 driver.destroy(InstanceSpec.from_dict(json.loads(spec_path.read_text())))
             except Exception as exc:  # keep sweeping the rest
                 print(f"sweep {host.name}: {status.uuid}: {exc}")
+        if (Path(host.env["BERTH_STATE_DIR"]) / "vms").exists():  # a fleet with VMs (FLEET_VMS)
+            from tests.stack.conftest import _vm_spec
+
+            vms = host.driver("vm")
+            for status in vms.list_instances():
+                try:  # destroy() needs only the uuid
+                    vms.destroy(_vm_spec(status.uuid))
+                except Exception as exc:
+                    print(f"sweep {host.name}: VM {status.uuid}: {exc}")
 
 
 def wait_until(predicate, timeout: float, what: str, fleet: Fleet | None = None, interval: float = 0.25):
@@ -187,7 +196,9 @@ def make_host(root: Path, image_dir: Path, prefix: str) -> FleetHost:
 
 
 @pytest.fixture(scope="module", name="fleet")
-def fleet_fixture(django_db_setup, django_db_blocker):
+def fleet_fixture(request, django_db_setup, django_db_blocker):
+    """A module that sets ``FLEET_VMS = True`` gets hosts that run VMs too (the tiny image and
+    the cached KVM-or-TCG verdict, as the single-host stack has them)."""
     from workers.images.busybox import build_busybox
 
     root = Path(tempfile.mkdtemp(prefix="berth-fleet-", dir="/var/tmp"))
@@ -195,6 +206,7 @@ def fleet_fixture(django_db_setup, django_db_blocker):
     image_dir = root / "images"
     image_dir.mkdir()
     build_busybox(image_dir, lambda _: None)
+    with_vms = bool(getattr(request.module, "FLEET_VMS", False))
     prefix = f"berth-test-{secrets.token_hex(3)}-"
     old_prefix = settings.BERTH_REDIS_USER_PREFIX
     settings.BERTH_REDIS_USER_PREFIX = prefix  # this process names the users as the panel does
@@ -217,6 +229,8 @@ def fleet_fixture(django_db_setup, django_db_blocker):
     celery = str(VENV_BIN / "celery")
     try:
         fleet.hosts = [make_host(root, image_dir, prefix) for _ in range(2)]
+        if with_vms:
+            _add_vms(image_dir, [Path(host.env["BERTH_STATE_DIR"]) for host in fleet.hosts])
         fleet.start("web", [str(VENV_BIN / "uvicorn"), "panel.asgi:application", "--host", "127.0.0.1",
                             "--port", str(port), "--ws", "websockets-sansio", "--lifespan", "off"], panel_env)
         fleet.start("panel-worker", [celery, "-A", "panel", "worker", "-Q", "panel", "-n",
@@ -241,6 +255,17 @@ def fleet_fixture(django_db_setup, django_db_blocker):
         if os.environ.get("BERTH_TEST_SHOW_LOGS"):
             print(fleet.logs())
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _add_vms(image_dir: Path, state_dirs: list[Path]) -> None:
+    from tests.stack.conftest import _add_vm_image
+
+    _add_vm_image(image_dir, state_dirs[0])  # the image once, the verdict into each state dir
+    for state_dir in state_dirs[1:]:
+        state_dir.mkdir(mode=0o711)
+        verdict = state_dirs[0] / "virtualization.json"
+        if verdict.exists():
+            shutil.copyfile(verdict, state_dir / "virtualization.json")
 
 
 def _http_up(url: str) -> bool:

@@ -1,7 +1,8 @@
 """Account pages in a real Chromium against the live stack: sign-up only when the provider
 opens it, the profile, SSH keys (the fingerprint ssh-keygen shows; a bad key refused next to
-the field; deleting asks first) and API tokens (shown once, working against the API, revoked
-after a confirmation). The pages are audited and photographed like the instance pages."""
+the field; deleting asks first), API tokens (shown once, working against the API, revoked
+after a confirmation), and the password: reset by an emailed link, changed from the account.
+The pages are audited and photographed like the instance pages."""
 
 from __future__ import annotations
 
@@ -117,3 +118,73 @@ def test_profile_keys_and_tokens(stack, browser, tmp_path):
     page.get_by_role("dialog").get_by_role("button", name="Revoke token").click()
     expect(page.locator(".messages")).to_contain_text("Token deploy script revoked")
     assert api_status(stack, key) == 401
+
+
+def test_password_reset_by_email_and_password_change(stack, browser):
+    """Forgotten: the link comes by email (the console backend: the web server's output), bad
+    values are refused next to their fields, the old password stops working. Then changed
+    from the account pages. Every page on the way is audited; the reset form photographed."""
+    SiteSettings.objects.update_or_create(pk=1, defaults={"signup_open": True})
+    sign_up(browser, stack, "fay").context.close()
+    page = browser.new_page(viewport=DESKTOP)  # a browser that is not logged in
+    page.goto(stack.url + "login/")
+    page.get_by_role("link", name="Forgot your password?").click()
+    expect(page.get_by_role("heading", name="Reset your password")).to_be_visible()
+    page.get_by_label("Email").fill("not an email")
+    page.get_by_role("button", name="Send the link").click()
+    expect(page.locator("#id_email_error")).to_have_text("Enter a valid email address.")
+    expect(page.get_by_label("Email")).to_have_attribute("aria-invalid", "true")
+    check_page(page)
+    page.get_by_label("Email").fill("fay@example.com")
+    page.get_by_role("button", name="Send the link").click()
+    page.wait_for_url(re.compile(r"/password-reset/sent/$"))
+    check_page(page)
+
+    link = None
+    for _ in range(50):  # the web server writes the email out as it sends it
+        found = re.findall(rf"{re.escape(stack.url)}password-reset/[\w-]+/[\w-]+/", stack.logs("web", 400))
+        if found:
+            link = found[-1]
+            break
+        page.wait_for_timeout(100)
+    assert link, stack.logs("web", 100)
+    page.goto(link)
+    expect(page.get_by_role("heading", name="Choose a new password")).to_be_visible()
+    page.get_by_label("New password", exact=True).fill("a brand new passphrase")
+    page.get_by_label("New password confirmation").fill("a different passphrase")
+    page.get_by_role("button", name="Save the new password").click()
+    expect(page.locator("#id_new_password2_error")).to_contain_text("didn’t match")
+    check_page(page, "password-reset")
+    page.get_by_label("New password", exact=True).fill("a brand new passphrase")
+    page.get_by_label("New password confirmation").fill("a brand new passphrase")
+    page.get_by_role("button", name="Save the new password").click()
+    page.wait_for_url(re.compile(r"/password-reset/done/$"))
+    check_page(page)
+    assert page.goto(link).ok  # a used link says so instead of failing
+    expect(page.get_by_role("heading", name="This link no longer works")).to_be_visible()
+
+    page.goto(stack.url + "login/")
+    page.get_by_label("Username").fill("fay")
+    page.get_by_label("Password").fill(PASSWORD)  # the old one
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_contain_text("That username and password do not match an account.")
+    expect(page.get_by_label("Password")).to_have_attribute("aria-describedby", "login-error")
+    check_page(page)
+    page.get_by_label("Password").fill("a brand new passphrase")
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(stack.url)
+
+    page.goto(stack.url + "account/password/")
+    page.get_by_label("Old password").fill("not my password")
+    page.get_by_label("New password", exact=True).fill("yet another passphrase")
+    page.get_by_label("New password confirmation").fill("yet another passphrase")
+    page.get_by_role("button", name="Change password").click()
+    expect(page.locator("#id_old_password_error")).to_contain_text("incorrect")
+    expect(page.get_by_label("Old password")).to_have_attribute("aria-invalid", "true")
+    check_page(page, "password-change")
+    page.get_by_label("Old password").fill("a brand new passphrase")
+    page.get_by_label("New password", exact=True).fill("yet another passphrase")
+    page.get_by_label("New password confirmation").fill("yet another passphrase")
+    page.get_by_role("button", name="Change password").click()
+    expect(page.locator(".messages")).to_contain_text("Password changed.")
+    assert Customer.objects.get(user__username="fay").user.check_password("yet another passphrase")

@@ -19,12 +19,11 @@ from panel.instances.models import Instance
 from panel.instances.services.actions import request_action
 from panel.instances.services.ordering import order_instance
 from panel.instances.validators import validate_hostname
+from tests.stack import chromium
 from tests.stack.helpers import host_leftovers
 
 pytestmark = [pytest.mark.browser, pytest.mark.root, pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-quic", "--no-first-run", "--disable-sync"]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 375, "height": 812}
@@ -61,7 +60,11 @@ AUDIT = r"""() => {
     if (!named) problems.push(`unnamed ${el.tagName.toLowerCase()} ${el.outerHTML.slice(0, 80)}`);
   }
   if (document.scrollingElement.scrollWidth > window.innerWidth + 1) {
-    problems.push(`scrolls sideways: ${document.scrollingElement.scrollWidth}px in ${window.innerWidth}px`);
+    // Name the culprits: the innermost elements reaching past the right edge.
+    const wide = [...document.body.querySelectorAll("*")].filter((el) => el.getBoundingClientRect().right > window.innerWidth + 1);
+    const innermost = wide.filter((el) => !wide.some((other) => other !== el && el.contains(other)));
+    const names = innermost.slice(0, 3).map((el) => `${el.tagName.toLowerCase()}${el.id ? "#" + el.id : ""}${el.className && typeof el.className === "string" ? "." + el.className.trim().split(/\s+/).join(".") : ""} "${el.textContent.trim().slice(0, 30)}"`);
+    problems.push(`scrolls sideways: ${document.scrollingElement.scrollWidth}px in ${window.innerWidth}px (${names.join(", ")})`);
   }
   const rgba = (s) => { const p = s.match(/[\d.]+/g).map(Number); return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 }; };
   const lum = (c) => ["r", "g", "b"].map((k) => { const v = c[k] / 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; })
@@ -104,7 +107,8 @@ def browser(monkeypatch):
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        # Deaf to the veths and bridges the stack adds meanwhile (see tests/stack/chromium.py).
+        browser = chromium.launch(p)
         yield browser
         browser.close()
 
@@ -277,8 +281,8 @@ def test_sign_up_order_watch_console_usage_and_lifecycle(stack, browser):
     expect(page.get_by_role("button", name="Stop", exact=True)).to_be_disabled()
 
     # A click that raced a state change is answered with the reason, not an error page.
-    page.evaluate("document.querySelector('[data-action=reboot]').disabled = false")
-    page.get_by_role("button", name="Reboot", exact=True).click()
+    # (Enabled and clicked in one go: a late event re-renders the buttons, disabling it again.)
+    page.evaluate("() => { const b = document.querySelector('[data-action=reboot]'); b.disabled = false; b.click(); }")
     page.wait_for_function("() => document.getElementById('action-message').textContent.length > 0")
     assert page.locator("#action-message").inner_text() == (
         "Cannot reboot an instance that is stopped. The page shows the current state.")

@@ -14,6 +14,7 @@ from panel.hosts.models import Host
 from panel.instances.models import Instance
 from panel.instances.services.ordering import order_instance
 from tests.factories import CustomerFactory
+from tests.stack import chromium
 from tests.stack.fleet import (  # noqa: F401
     FleetHost,
     fleet_fixture,
@@ -23,8 +24,6 @@ from tests.stack.fleet import (  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.root, pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-quic", "--no-first-run", "--disable-sync"]
 
 
 @pytest.fixture
@@ -33,7 +32,7 @@ def browser(monkeypatch):
 
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's loop runs in this thread
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = chromium.launch(p)
         yield browser
         browser.close()
 

@@ -3,6 +3,7 @@ page's console comes back by itself and resumes where it was (no reset, nothing 
 its events socket asks for what it missed, so a state change made while the server was down
 shows without a reload."""
 
+import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,11 +15,10 @@ from panel.accounts.models import Customer
 from panel.instances.models import Instance
 from panel.instances.services.actions import request_action
 from panel.instances.services.ordering import order_instance
+from tests.stack import chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.root, pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-quic", "--no-first-run", "--disable-sync"]
 PASSWORD = "a long enough password"
 
 
@@ -30,7 +30,7 @@ def browser(monkeypatch):
     # plain synchronous ones, which Django would otherwise refuse next to a running loop.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = chromium.launch(p)
         yield browser
         browser.close()
 
@@ -104,3 +104,47 @@ def test_a_page_resumes_its_console_and_events_after_the_web_server_restarts(sta
     assert page.evaluate("() => window.__sameDocument") is True  # no reload: the missed events were replayed
     assert [u for u in sockets if "/ws/events/" in u and "since=" in u]
     pool.shutdown()
+
+
+def test_a_browser_that_fell_behind_shows_where_output_was_skipped(stack, browser):
+    """The server's "gap" control (a viewer that read slower than the console wrote: see
+    test_console.py's flood test) becomes a line of its own in the terminal, and the console
+    goes on working. Chromium never reads slowly, so the gap is added to the real socket."""
+    rows = stack.seed()
+    user = get_user_model().objects.create_user("gavin", password=PASSWORD)
+    customer = Customer.objects.create(user=user, name="Gavin")
+    pool = ThreadPoolExecutor(1)
+    instance = pool.submit(order_instance, customer=customer, plan=rows["plan"], image=rows["image"],
+                           hostname="gap-1").result()
+    pool.shutdown()
+    _wait_until(lambda: Instance.objects.get(pk=instance.pk).state == "running", 30, stack.all_logs())
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    injected = []
+
+    def route(ws):
+        server = ws.connect_to_server()  # the page's frames go through unchanged
+
+        def from_server(message):
+            ws.send(message)
+            if isinstance(message, str) and '"cursor"' in message and not injected:
+                injected.append(message)
+                ws.send(json.dumps({"type": "gap", "skipped_bytes": 13 * 1024}))
+
+        server.on_message(from_server)
+
+    page.route_web_socket(re.compile(r"/ws/instances/\d+/console/"), route)
+    page.goto(stack.url + "login/")
+    page.get_by_label("Username").fill("gavin")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(lambda url: "/login/" not in url)
+    page.goto(f"{stack.url}instances/{instance.pk}/")
+    page.wait_for_function("() => document.getElementById('console').dataset.connected === 'true'",
+                           timeout=60_000)
+    rows_text = lambda: page.locator("#console .xterm-rows").inner_text()  # noqa: E731
+    _wait_until(lambda: "[… 13 KiB of output skipped …]" in rows_text(), 15,
+                "the gap is not on the console", page)
+    assert injected
+    assert "13 KiB" in page.locator("#console-status").inner_text()
+    _type(page, "echo after-$((2+3))", r"(?m)^after-5\s*$")  # the console goes on

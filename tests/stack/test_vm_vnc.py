@@ -22,6 +22,7 @@ from panel.instances.models import Instance
 from panel.instances.services.actions import request_action
 from panel.instances.services.ordering import order_instance
 from tests.factories import CustomerFactory
+from tests.stack import chromium
 from tests.stack.helpers import ConsoleClient, EventStream, session_headers
 from tests.stack.test_vm_order_flow import BOOT, at_prompt, wait_operation, wait_state
 
@@ -212,7 +213,6 @@ def test_who_gets_a_screen_without_a_guest_running(stack):
 def test_novnc_connects_and_draws_the_screen(stack, vm_rows, monkeypatch, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from tests.stack.test_browser_order import CHROMIUM_ARGS
 
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's loop in this thread
     user = get_user_model().objects.create_user("vera", password="a long enough password")
@@ -225,7 +225,7 @@ def test_novnc_connects_and_draws_the_screen(stack, vm_rows, monkeypatch, tmp_pa
     finally:
         events.close()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = chromium.launch(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(stack.url + "login/")

@@ -16,8 +16,8 @@ import pytest
 from tests.workers.conftest import make_host, sweep
 from workers.backups import FORMAT, ArchiveError, Steps, lease_id
 from workers.drivers.base import DriverError, PowerState
-from workers.drivers.container import ContainerDriver
-from workers.drivers.container.state import ContainerPaths, root_uid
+from workers.drivers.container import ContainerDriver, network
+from workers.drivers.container.state import ContainerPaths, root_uid, veth_name
 
 pytestmark = pytest.mark.root
 
@@ -183,7 +183,7 @@ def moved_spec(spec, driver, uid_slot: int):
 
 async def test_move_between_hosts_keeps_the_files(ct_driver, second_host, container, attach, target):
     await (await _shell(attach, container)).run("echo travelled > /root/data; sync")
-    exported = steps(ct_driver).run("migrate", container, {
+    exported = await asyncio.to_thread(steps(ct_driver).run, "migrate", container, {
         "step": "export", "target": str(target), "archive": "move-1"})
     assert exported.result["was_running"] is True
     assert exported.status.state is PowerState.STOPPED  # stopped for the copy: a cold move
@@ -202,12 +202,15 @@ async def test_move_between_hosts_keeps_the_files(ct_driver, second_host, contai
                             {"step": "cleanup", "path": exported.result["path"]})
     assert ct_driver.status(container.uuid).state is PowerState.ABSENT  # … until the cleanup
     assert not Path(exported.result["path"]).exists()
+    # Both hosts share this machine: the cleanup left the target's link (same name) alone.
+    assert network.link_exists(veth_name(there.uuid))
+    assert second_host.status(there.uuid).state is PowerState.RUNNING
     await asyncio.to_thread(second_host.destroy, there)
 
 
 async def test_a_failed_import_leaves_nothing_on_the_target_and_recovery_restarts_the_source(
         ct_driver, second_host, container, target):
-    exported = steps(ct_driver).run("migrate", container, {
+    exported = await asyncio.to_thread(steps(ct_driver).run, "migrate", container, {
         "step": "export", "target": str(target), "archive": "move-2"})
     there = moved_spec(container, second_host, uid_slot=4)
     with pytest.raises(ArchiveError, match="damaged or incomplete"):
@@ -224,7 +227,7 @@ async def test_a_failed_import_leaves_nothing_on_the_target_and_recovery_restart
 async def test_a_full_target_host_leaves_nothing_and_the_source_whole(ct_driver, container, attach, target,
                                                                        ct_root, busybox_image, shim_binary):
     await (await _shell(attach, container)).run("head -c 12000000 /dev/urandom > /root/noise; sync")
-    exported = steps(ct_driver).run("migrate", container, {
+    exported = await asyncio.to_thread(steps(ct_driver).run, "migrate", container, {
         "step": "export", "target": str(target), "archive": "move-3"})
     host = make_host(ct_root, busybox_image.path.parent)
     with small_tmpfs(host.state_dir, "8m"):

@@ -40,6 +40,11 @@ class HostConfig:
     uid_base: int = 1_000_000  # first host uid handed to containers
     uid_slots: int = 1024  # number of 65536-id ranges available from uid_base
     libvirt_uri: str = "qemu:///system"
+    # The cgroup (a path below the cgroup mount, e.g. "/berth") under which containers' cgroups
+    # go; None: the caller's own cgroup. Under systemd (deploy/) the worker and the agent are two
+    # units, each in a cgroup of its own, and a unit's cgroup may not hand controllers to
+    # children while it holds processes (cgroup v2): both name one cgroup outside their units.
+    cgroup_base: str | None = None
 
     @property
     def cgroup_name(self) -> str:

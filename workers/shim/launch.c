@@ -7,24 +7,26 @@
  *   3     config (read to EOF): "key=value\0" entries, see struct config
  *   4     reports to the driver, one line each: "monitor <pid>", "pid1 <pid>", "root",
  *         then "ready" or "error <message>" at any point
- *   5     go-aheads from the driver: 'D' (cgroups created, disk mounted on <base>/rw),
- *         'N' (PID 1 is in its cgroups, eth0 is configured, the pid files are written)
+ *   5     go-aheads from the driver (a stream socket), in whichever order they come: 'W' with
+ *         the container's disk as a detached mount (SCM_RIGHTS: fsmount'ed, prepared, never in
+ *         the host's mount table), 'N' (eth0 is configured, the pid files are written)
  *
  *   driver                    monitor (this process)              PID 1
- *   posix_spawn ----------->  fork, the parent exits (the driver reaps it): nobody's child
- *                             setsid, "monitor <pid>"
- *   cgroups, disk, "D" ---->  clone3(NEWUSER|NEWNS|NEWUTS|NEWIPC|NEWNET|NEWPID
+ *   cgroups; posix_spawn -->  fork, the parent exits (the driver reaps it): nobody's child
+ *   (thread) loop device,     setsid, "monitor <pid>"
+ *   mount, layers             clone3(NEWUSER|NEWNS|NEWUTS|NEWIPC|NEWNET|NEWPID
  *                                    [|INTO_CGROUP]) ----------->  waits for its ids
- *   <-- "pid1 <pid>"          uid_map/gid_map, host's disk mount
- *   (threads) cgroups,        detached; idmapped clone of the
- *   veth + eth0               image tree -- fd over a socket ----> root inside; mounts the
- *                                                                  image, overlay, /proc,
- *                                                                  /sys, /dev, /run; masks;
- *                                                                  pivot_root; console pty
- *   <-- "root"                <----------------- pty master+slave  (over the socket)
- *   "N" ------------------->  console socket, "X" ---------------> unshare(CGROUP), bounding
- *                             serve(): reaps PID 1, "ready" once    set, seccomp filter,
- *   <-- "ready"               PID 1's exec closed its pipe          capabilities, execve(init)
+ *   <-- "pid1 <pid>"          uid_map/gid_map; idmapped clone
+ *   veth + eth0, pid files,   of the image tree
+ *   "N" ------------------->
+ *   "W" + disk fd -------->   image and disk fds over a socket --> root inside; attaches the
+ *                             PID 1 into its cgroups (v1)          image and the disk, mounts
+ *                             (once 'N' is in) "X", queued ---->   overlay, /proc, /sys, /dev,
+ *                                                                  /run; masks; pivot_root;
+ *   <-- "root"                <----------------- pty master+slave  console pty; reads "X":
+ *                             console socket; serve(): reaps       unshare(CGROUP), bounding
+ *                             PID 1, "ready" once PID 1's exec     set, seccomp filter,
+ *   <-- "ready"               closed its pipe                      capabilities, execve(init)
  *
  * If the driver dies midway, the monitor reads EOF where it waits for a go-ahead and gives up;
  * if the monitor dies, PID 1 reads EOF on its socket (and has a parent-death signal) and ends.
@@ -175,22 +177,34 @@ static void __attribute__((noreturn, format(printf, 1, 2))) fail(const char *fmt
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (child_pid > 0)
+	if (child_pid > 0) { /* gone before the driver hears of it: it may not be in its cgroups */
 		kill(child_pid, SIGKILL);
+		while (waitpid(child_pid, NULL, 0) < 0 && errno == EINTR)
+			;
+	}
 	report("error %s", msg);
 	_exit(1);
 }
 
-static void wait_go(char expected)
+/* The driver's next go-ahead: its tag ('W' carries a descriptor), or -1 at EOF (it gave up). */
+static int recv_go(int *fd)
 {
-	char c;
+	char c = 0;
+	union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+	struct iovec iov = { .iov_base = &c, .iov_len = 1 };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+			      .msg_controllen = sizeof(u.buf) };
 	ssize_t n;
 
+	*fd = -1;
 	do
-		n = read(GO_FD, &c, 1);
+		n = recvmsg(GO_FD, &msg, MSG_CMSG_CLOEXEC);
 	while (n < 0 && errno == EINTR);
-	if (n != 1 || c != expected)
-		fail("the driver gave up starting the container");
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); n == 1 && cm; cm = CMSG_NXTHDR(&msg, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&
+		    cm->cmsg_len == CMSG_LEN(sizeof(int)))
+			memcpy(fd, CMSG_DATA(cm), sizeof(int));
+	return n == 1 ? (unsigned char)c : -1;
 }
 
 static int hexval(char c)
@@ -387,6 +401,26 @@ static int idmapped_image(const struct config *cfg, pid_t pid)
 	return tree;
 }
 
+/* PID 1 into its cgroups (on cgroup2 it was born in its one): done here, in the monitor,
+ * while PID 1 builds its root, and always before its init runs. The driver keeps the kernel's
+ * cgroup_threadgroup_rwsem warm meanwhile, so these writes do not wait for an RCU grace period. */
+static void join_cgroups(const struct config *cfg, pid_t pid)
+{
+	char path[4200], line[32];
+	int fd, n = snprintf(line, sizeof(line), "%d", (int)pid);
+
+	for (int i = 0; i < cfg->n_cgroups; i++) {
+		if (cfg->cgroup2 && !strcmp(cfg->cgroups[i], cfg->cgroup2))
+			continue;
+		snprintf(path, sizeof(path), "%s/cgroup.procs", cfg->cgroups[i]);
+		fd = open(path, O_WRONLY | O_CLOEXEC);
+		if (fd < 0 || write(fd, line, (size_t)n) != n)
+			fail("container setup: cannot move PID 1 into cgroup %s: %s", cfg->cgroups[i],
+			     strerror(errno));
+		close(fd);
+	}
+}
+
 static int listen_console(const char *path)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
@@ -415,8 +449,8 @@ int launch_main(int argc, char **argv)
 {
 	static struct config cfg;
 	struct clone_args args = { 0 };
-	int sp[2], exec_pipe[2], cgroup_fd = -1, tree, fds[2] = { -1, -1 };
-	char text[1024], rw[4096];
+	int sp[2], exec_pipe[2], cgroup_fd = -1, mounts[2], fds[2] = { -1, -1 }, fd, net_ready = 0;
+	char text[1024];
 	pid_t pid;
 
 	(void)argc;
@@ -432,7 +466,6 @@ int launch_main(int argc, char **argv)
 	signal(SIGINT, SIG_IGN);
 	signal(SIGPIPE, SIG_IGN);
 	report("monitor %d", (int)getpid());
-	wait_go('D');
 
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) != 0 ||
 	    pipe2(exec_pipe, O_CLOEXEC) != 0)
@@ -465,14 +498,31 @@ int launch_main(int argc, char **argv)
 	/* The gid map may be written without denying setgroups: we are privileged outside. */
 	write_map(pid, "uid_map", cfg.uid);
 	write_map(pid, "gid_map", cfg.uid);
-	/* PID 1's mount namespace has its copy of the disk: the host keeps nothing mounted */
-	snprintf(rw, sizeof(rw), "%s/rw", cfg.base);
-	if (umount2(rw, MNT_DETACH) != 0)
-		fail("container setup: cannot detach %s: %s", rw, strerror(errno));
-	tree = idmapped_image(&cfg, pid);
-	if (send_msg(sp[0], 'M', NULL, &tree, 1) != 0)
+	mounts[0] = idmapped_image(&cfg, pid);
+	/* the disk ('W', never in the host's mount table: PID 1 attaches it in its own) and the
+	 * network ('N') are ready in whichever order: the driver sends each as soon as it is */
+	for (mounts[1] = -1; mounts[1] < 0;) {
+		int tag = recv_go(&fd);
+		if (tag == 'W' && fd >= 0)
+			mounts[1] = fd;
+		else if (tag == 'N' && fd < 0)
+			net_ready = 1;
+		else
+			fail("the driver gave up starting the container");
+	}
+	if (send_msg(sp[0], 'M', NULL, mounts, 2) != 0)
 		fail("container setup: PID 1 died before its root was built");
-	close(tree);
+	close(mounts[0]);
+	close(mounts[1]);
+	join_cgroups(&cfg, pid);
+	while (!net_ready) {
+		if (recv_go(&fd) != 'N' || fd >= 0)
+			fail("the driver gave up starting the container");
+		net_ready = 1;
+	}
+	/* queued for PID 1, which reads it once its root is built: it then execs at once */
+	if (send_msg(sp[0], 'X', NULL, NULL, 0) != 0)
+		fail("container setup: PID 1 died before its root was built");
 
 	switch (recv_msg(sp[0], text, sizeof(text), fds, 2)) {
 	case 'R':
@@ -485,7 +535,6 @@ int launch_main(int argc, char **argv)
 	if (fds[0] < 0 || fds[1] < 0)
 		fail("container setup: PID 1 sent no console");
 	report("root");
-	wait_go('N');
 
 	struct serve_args serve_args = {
 		.master_fd = fds[0], .slave_fd = fds[1], .pid1 = pid, .exit_file = cfg.exit_file,
@@ -494,8 +543,6 @@ int launch_main(int argc, char **argv)
 	serve_args.listen_fd = listen_console(cfg.socket);
 	for (int i = 0; i < cfg.n_cgroups; i++)
 		serve_args.cgroup_dirs[serve_args.n_cgroups++] = cfg.cgroups[i];
-	if (send_msg(sp[0], 'X', NULL, NULL, 0) != 0)
-		fail("container setup: PID 1 died before it could start the init");
 	close(sp[0]);
 	close(GO_FD);
 	prctl(PR_SET_NAME, "berth-shim");
@@ -562,7 +609,7 @@ static int is_dir(const char *path)
 }
 
 /* Mount everything the container sees and pivot into it. Afterwards '/' is the overlay. */
-static void build_root(const struct config *cfg, int tree)
+static void build_root(const struct config *cfg, int tree, int disk)
 {
 	char root[4096], path[4200];
 	const unsigned long nosuid_dev_exec = MS_NOSUID | MS_NODEV | MS_NOEXEC;
@@ -575,6 +622,9 @@ static void build_root(const struct config *cfg, int tree)
 	CHECK((int)syscall(SYS_move_mount, tree, "", AT_FDCWD, "lower", MOVE_MOUNT_F_EMPTY_PATH_),
 	      SETUP "cannot attach the image: %s", strerror(errno));
 	close(tree);
+	CHECK((int)syscall(SYS_move_mount, disk, "", AT_FDCWD, "rw", MOVE_MOUNT_F_EMPTY_PATH_),
+	      SETUP "cannot attach the disk: %s", strerror(errno));
+	close(disk);
 	/* relative option paths: the container's /proc/mounts shows no host path */
 	do_mount("overlay", "merged", "overlay", 0,
 		 "lowerdir=lower,upperdir=rw/upper,workdir=rw/work,userxattr");
@@ -749,7 +799,7 @@ static void init_config(const struct config *cfg, int exec_w, struct init_config
 
 static void __attribute__((noreturn)) pid1_main(const struct config *cfg, int sock, int exec_w)
 {
-	int tree = -1, master, slave, fds[1] = { -1 };
+	int master, slave, fds[2] = { -1, -1 };
 	struct init_config ic;
 	sigset_t none;
 
@@ -759,13 +809,12 @@ static void __attribute__((noreturn)) pid1_main(const struct config *cfg, int so
 	close(REPORT_FD);
 	close(GO_FD);
 	/* our ids exist once the monitor has written the maps: it then sends the image */
-	if (recv_msg(sock, NULL, 0, fds, 1) != 'M' || fds[0] < 0)
+	if (recv_msg(sock, NULL, 0, fds, 2) != 'M' || fds[0] < 0 || fds[1] < 0)
 		_exit(1);
-	tree = fds[0];
 	CHECK(setresgid(0, 0, 0), SETUP "setresgid: %s", strerror(errno));
 	CHECK(setgroups(0, NULL), SETUP "setgroups: %s", strerror(errno));
 	CHECK(setresuid(0, 0, 0), SETUP "setresuid: %s", strerror(errno));
-	build_root(cfg, tree);
+	build_root(cfg, fds[0], fds[1]);
 	open_console(cfg, &master, &slave);
 	int pty[2] = { master, slave };
 	if (send_msg(sock, 'R', NULL, pty, 2) != 0)

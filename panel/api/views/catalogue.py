@@ -19,4 +19,4 @@ class ImageList(ApiView):
     @extend_schema(operation_id="images_list", tags=["Catalogue"], summary="Images that can be ordered",
                    responses=ImageSerializer(many=True))
     def get(self, request):
-        return Response(ImageSerializer(selectors.active_images(), many=True).data)
+        return Response(ImageSerializer(selectors.active_images(request.auth), many=True).data)

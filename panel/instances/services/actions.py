@@ -45,7 +45,7 @@ def request_action(
     Raises InstanceStateError when the state forbids it and OperationInProgress when another
     operation has not finished; in both cases nothing is written.
     """
-    if action == A.CREATE or action not in ACTION_FROM_STATES:
+    if action in (A.CREATE, A.MOVE) or action not in ACTION_FROM_STATES:  # moves: services/moves.py
         raise ValueError(f"unknown action {action!r}")
     params = dict(params or {})
     with transaction.atomic():

@@ -30,7 +30,7 @@ def _random_mac() -> str:
 
 
 def _check_order(*, plan: Plan, image: Image, hostname: str, command: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> str:
+                 env: dict[str, str] | None = None, customer: Customer | None = None) -> str:
     errors: dict[str, str] = app_option_errors(image, command=command, env=env)
     try:
         hostname = validate_hostname(hostname)
@@ -38,7 +38,9 @@ def _check_order(*, plan: Plan, image: Image, hostname: str, command: list[str] 
         errors["hostname"] = exc.messages[0]
     if not plan.is_active:
         errors["plan"] = "This plan can no longer be ordered."
-    if not image.is_active:
+    if not image.orderable_by(customer):  # another customer's own ISO: as if it did not exist
+        errors["image"] = "Choose an image that exists and can be ordered."
+    elif not image.is_active:
         errors["image"] = "This image can no longer be ordered."
     elif image.kind != plan.kind:
         errors["image"] = f"The image {image.name} is for {image.get_kind_display().lower()}s, but the plan is for {plan.get_kind_display().lower()}s."
@@ -98,7 +100,8 @@ def order_instance(
 
     Raises InvalidOrder, QuotaExceeded or CapacityError; nothing is written when it does.
     """
-    hostname = _check_order(plan=plan, image=image, hostname=hostname, command=command, env=env)
+    hostname = _check_order(plan=plan, image=image, hostname=hostname, command=command, env=env,
+                            customer=customer)
     try:
         return _place_and_reserve(
             customer=customer, plan=plan, image=image, hostname=hostname, actor=actor,

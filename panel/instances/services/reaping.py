@@ -26,6 +26,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from panel.instances.models import Operation
+from panel.instances.services.moves import reap_move
 from panel.instances.services.results import record_operation_finished
 from workers import leases
 
@@ -52,6 +53,14 @@ def reap_operations(*, now: datetime | None = None) -> list[int]:
         for operation in unfinished:
             host = operation.instance.host
             since = operation.started_at or operation.created_at
+            if operation.action == Operation.Action.MOVE:  # judged step by step, on each step's host
+                try:
+                    if reap_move(operation, client, timed_out=timed_out):
+                        ended.append(operation.pk)
+                except redis.RedisError as exc:
+                    logger.warning("cannot judge operations while Redis is unreachable: %s", exc)
+                    break
+                continue
             try:
                 verdict = leases.reap(client, host.name, operation.pk, when_absent=since < timed_out)
             except redis.RedisError as exc:

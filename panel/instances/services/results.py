@@ -73,12 +73,19 @@ def record_operation_progress(operation_id: int, *, progress: str) -> None:
         publish_operation(operation)
 
 
+# Called at the end of record_operation_finished, in its transaction, with the operation
+# (finished), the instance (row locked) and the host's result (sizes, checksum, path of a
+# snapshot or backup): how other apps (panel/backups) apply what is theirs.
+FINISHED_HOOKS: list = []
+
+
 def record_operation_finished(
     operation_id: int, *, ok: bool, error: str = "", power_state: str | None = None,
-    detail: str = "",
+    detail: str = "", result: dict | None = None,
 ) -> None:
     """``detail`` is the host's note on how it went (e.g. "forced off after 10 s", "takes
-    effect at the next stop and start"); a succeeded operation keeps it as its progress text."""
+    effect at the next stop and start"); a succeeded operation keeps it as its progress text.
+    ``result``: what a snapshot or backup step made (``workers/backups.py``)."""
     with transaction.atomic():
         operation = _lock_operation(operation_id)
         if operation is None or operation.is_finished:
@@ -109,6 +116,8 @@ def record_operation_finished(
                 message=operation.error,
                 data={"operation": operation.pk},
             )
+        for hook in FINISHED_HOOKS:
+            hook(operation, instance, ok=ok, result=result or {})
         publish_operation(operation)
 
 

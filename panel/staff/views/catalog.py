@@ -2,17 +2,19 @@
 
 from pathlib import Path
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
 
-from panel.catalog import oci, services
+from panel.catalog import iso, oci, services
 from panel.catalog.models import Image, Plan
 from panel.catalog.oci_upload import ImageStoreUploadHandler
-from panel.staff.forms import BuildImageForm, ImportImageForm, PlanForm
+from panel.staff.forms import BuildImageForm, ImportImageForm, ImportIsoForm, PlanForm
 from panel.staff.permissions import staff_required
+from workers.images.iso import iso_upload_dir
 
 
 @staff_required
@@ -100,3 +102,33 @@ def _image_import(request):
                                       f"{notes}")
             return redirect("staff-image-list")
     return render(request, "staff/images/import.html", {"form": form})
+
+
+@staff_required
+@csrf_exempt  # checked below, once the upload handler is in place (Django's documented way)
+def image_import_iso(request):
+    request.upload_handlers = [ImageStoreUploadHandler(
+        request, directory=lambda: iso_upload_dir(settings.BERTH_IMAGE_DIR))]
+    return _image_import_iso(request)
+
+
+@csrf_protect
+def _image_import_iso(request):
+    form = ImportIsoForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["iso"]
+        try:
+            image, stored = iso.import_iso(
+                Path(upload.temporary_file_path()), name=form.cleaned_data["name"],
+                sha256=form.cleaned_data["sha256"], actor=request.user, source_label="ui",
+                upload=True,
+            )
+        except iso.IsoImportError as exc:
+            form.add_error(exc.field, f"{upload.name} was not imported: {exc}")
+        else:
+            messages.success(request, f"Imported installer ISO {image.name} "
+                                      f"({image.size_bytes / 2**20:.1f} MiB, {image.checksum[:19]}…"
+                                      f"{', checksum verified' if form.cleaned_data['sha256'] else ''})"
+                                      f"{' (already in the image store)' if stored.reused else ''}.")
+            return redirect("staff-image-list")
+    return render(request, "staff/images/import_iso.html", {"form": form})

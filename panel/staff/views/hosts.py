@@ -13,6 +13,7 @@ from panel.hosts import services
 from panel.hosts.credentials import CredentialError, issue_credential, redis_username
 from panel.hosts.models import Host, PlacementPolicy
 from panel.hosts.selectors import fleet_capacity, instance_display_state
+from panel.instances.services.moves import evacuation_progress
 from panel.staff.forms import EnrolHostForm, HostSettingsForm, WeigherForm
 from panel.staff.permissions import staff_required
 from panel.staff.selectors import filter_instances, placement_failures, search_operations
@@ -89,6 +90,7 @@ def host_detail(request, pk: int):
         "addresses": host.ip_pool.addresses.select_related("instance").order_by("id") if hasattr(host, "ip_pool") else [],
         "settings_form": HostSettingsForm(instance=host),
         "facts": host.facts or {},
+        "evacuation": evacuation_progress(host),
     }
     return render(request, "staff/hosts/detail.html", context)
 

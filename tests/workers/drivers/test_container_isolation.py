@@ -214,3 +214,36 @@ def test_firewall_rules_go_with_the_container(ct_driver, make_spec):
     table = _host("nft", "list", "table", "bridge", firewall.table_name(ct_driver.host))
     assert veth_name(spec.uuid) not in table and firewall.group_chain("solo-group") not in table
     assert not ContainerPaths.of(ct_driver.host, spec.uuid).dir.exists()
+
+
+def test_firewall_rules_are_whole_for_a_new_group_a_shared_group_and_over_leftovers(ct_driver):
+    """add_port's one-transaction paths: a new group, a group with members, and the fallback
+    over a chain a dead container left behind (its rules are replaced, never doubled)."""
+    from workers.drivers.base import NetworkSpec
+    from workers.drivers.container import firewall
+
+    host = ct_driver.host
+    net = ct_driver.host.gateway.rsplit(".", 1)[0]
+
+    def spec(n: int) -> NetworkSpec:
+        return NetworkSpec(address=f"{net}.{200 + n}", prefixlen=24, gateway=host.gateway,
+                           mac=f"02:fe:00:00:00:{n:02x}", bridge=host.bridge)
+
+    ports = ["bvtestfw0001", "bvtestfw0002"]
+    try:
+        firewall.add_port(host, ports[0], spec(1), "fw-test-group")
+        firewall.add_port(host, ports[1], spec(2), "fw-test-group")
+        firewall.add_port(host, ports[0], spec(1), "fw-test-group")  # leftovers of a dead one
+        table = _host("nft", "list", "table", "bridge", firewall.table_name(host))
+        for n, port in enumerate(ports, 1):
+            chain = table.split(f"chain ct_{port} {{", 1)[1].split("\n\t}", 1)[0]
+            assert chain.count("drop") == 6 and chain.count(spec(n).mac) == 2, chain
+        group = firewall.group_chain("fw-test-group")
+        assert table.count(f"chain {group} {{") == 1
+        assert table.split(f"chain {group} {{", 1)[1].split("\n\t}", 1)[0].count("accept") == 1
+        assert all(table.count(f'"{port}" : jump ct_{port}') == 1 for port in ports)
+    finally:
+        for port in ports:
+            firewall.remove_port(host, port)
+    table = _host("nft", "list", "table", "bridge", firewall.table_name(host))
+    assert "bvtestfw" not in table and firewall.group_chain("fw-test-group") not in table

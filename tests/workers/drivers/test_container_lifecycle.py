@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from tests.workers.conftest import Console, make_host, sweep
 from workers.drivers.base import DriverError, ImageSpec, InstanceNotFound, NetworkSpec, PowerState
-from workers.drivers.container import ContainerDriver
+from workers.drivers.container import ContainerDriver, rootfs
 from workers.drivers.container.state import ContainerPaths, root_uid
 
 pytestmark = pytest.mark.root
@@ -302,8 +303,53 @@ def test_host_teardown_keeps_stopped_containers_and_refuses_running_ones(
         driver.stop(spec, timeout=5)
         driver.teardown_host()  # e.g. `make run` shutting down
         assert not Path("/sys/class/net", driver.host.bridge).exists()
+        assert not (driver.host.state_dir / "disk-templates").exists()
         assert [s.state for s in driver.list_instances()] == [PowerState.STOPPED]
         driver.prepare_host()  # the host comes back: so does the container, with its data
         assert driver.start(spec).state == PowerState.RUNNING
     finally:
         sweep(driver)
+
+
+def test_disks_are_copies_of_a_template_and_never_in_the_host_mount_table(ct_driver, make_spec):
+    """A new disk is a sparse copy of the host's empty filesystem for its size (mkfs once per
+    size), and a start hands it to PID 1 as a detached mount: nothing of it is ever mounted in
+    the host's namespace; the container's root owns the disk's root once it has started."""
+    spec = make_spec()
+    paths = ContainerPaths.of(ct_driver.host, spec.uuid)
+    try:
+        ct_driver.create(spec)
+        template = ct_driver.host.state_dir / "disk-templates" / f"ext4-{max(spec.disk_gib, 1) << 30}.img"
+        assert template.is_file() and template.stat().st_size == paths.disk.stat().st_size
+        assert template.stat().st_blocks * 512 < 4 << 20  # sparse: metadata only
+        with open("/proc/self/mountinfo") as f:
+            assert not [line for line in f if str(paths.dir) in line]
+        ct_driver.stop(spec, timeout=5)
+        deadline = time.monotonic() + 10  # the kernel unmounts it as the namespace goes
+        while rootfs._in_use(paths.disk) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out = subprocess.run(["debugfs", "-R", "stat /", str(paths.disk)], capture_output=True,
+                             text=True).stdout
+        uid = root_uid(ct_driver.host, spec.uid_slot)
+        assert re.search(rf"User:\s+{uid}\s+Group:\s+{uid}\b", out), out
+    finally:
+        ct_driver.destroy(spec)
+
+
+def test_a_disk_that_cannot_be_mounted_fails_the_start_and_leaves_it_stopped(ct_driver, make_spec,
+                                                                             leftovers):
+    spec = make_spec()
+    try:
+        ct_driver.create(spec)
+        ct_driver.stop(spec, timeout=5)
+        with open(ContainerPaths.of(ct_driver.host, spec.uuid).disk, "r+b") as disk:
+            disk.seek(1024)
+            disk.write(b"\0" * 1024)  # the ext4 superblock
+        with pytest.raises(DriverError, match="cannot mount the container's disk"):
+            ct_driver.start(spec)
+        assert ct_driver.status(spec.uuid).state == PowerState.STOPPED
+        left = leftovers(spec.uuid)
+        assert set(left) == {"files"}, left  # its directory (a stopped container) and no more
+    finally:
+        ct_driver.destroy(spec)
+    assert leftovers(spec.uuid) == {}

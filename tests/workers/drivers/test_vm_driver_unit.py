@@ -72,6 +72,31 @@ def test_hosts_sharing_libvirtd_never_see_each_others_domains(drivers):
     assert dev2.status(b.uuid).state is PowerState.RUNNING
 
 
+def test_one_instance_can_be_defined_on_two_hosts_of_one_libvirtd_while_it_moves(drivers):
+    dev, dev2 = drivers
+    spec = make_spec(dev.host)
+    dev.create(spec)
+    dev2.create(spec)  # the move's target defines its copy while the source's still exists
+    assert [s.uuid for s in dev.list_instances()] == [spec.uuid]
+    assert [s.uuid for s in dev2.list_instances()] == [spec.uuid]
+    dev.destroy(spec)  # the source's cleanup leaves the target's copy alone
+    assert dev.status(spec.uuid).state is PowerState.ABSENT
+    assert dev2.status(spec.uuid).state is PowerState.RUNNING
+
+
+def test_domain_uuids_are_per_host_and_lead_back_to_the_instance(tmp_path):
+    from workers.drivers.vm.naming import berth_uuid, domain_name, libvirt_uuid
+
+    a, b = _host(tmp_path, "a"), _host(tmp_path, "b")
+    uuid = "0123456789abcdef0123456789abcdef"
+    assert libvirt_uuid(a, uuid) != libvirt_uuid(b, uuid)
+    for host in (a, b):
+        assert berth_uuid(host, domain_name(host, uuid), libvirt_uuid(host, uuid)) == uuid
+    # A domain defined before the per-host scheme carries the instance uuid itself.
+    legacy = "01234567-89ab-cdef-0123-456789abcdef"
+    assert berth_uuid(a, domain_name(a, uuid), legacy) == uuid
+
+
 def test_stop_start_destroy_and_retries(drivers):
     dev, _ = drivers
     spec = make_spec(dev.host)

@@ -12,7 +12,7 @@ import pytest
 from tests.workers.drivers.vm_fixtures import make_spec
 from workers.drivers.base import DriverError, HostConfig
 from workers.drivers.vm.image import VmImage
-from workers.drivers.vm.naming import METADATA_NS, owns_domain_name
+from workers.drivers.vm.naming import METADATA_NS, berth_uuid, owns_domain_name
 from workers.drivers.vm.storage import InstanceFiles
 from workers.drivers.vm.xml import domain_xml
 
@@ -55,7 +55,7 @@ def test_xml_carries_plan_identity_network_and_devices(host, image):
     assert root.get("type") == "kvm"
     assert root.findtext("name") == f"berth-dev-{spec.uuid[:12]}"
     assert owns_domain_name(host, root.findtext("name"))
-    assert root.findtext("uuid").replace("-", "") == spec.uuid
+    assert berth_uuid(host, root.findtext("name"), root.findtext("uuid")) == spec.uuid
     meta = root.find(f"metadata/{{{METADATA_NS}}}instance")
     assert meta.findtext(f"{{{METADATA_NS}}}host") == "dev"
     assert meta.findtext(f"{{{METADATA_NS}}}uuid") == spec.uuid

@@ -408,20 +408,18 @@ class CgroupLayout:
         migration (this process into the cgroup it is already in), repeated every ``period``,
         and PID 1's real migration, some milliseconds later, finds the wait already done.
         """
-        if self.own is None:
+        procs = _own_procs(self.own)
+        if procs is None:
             return
-        mount, mount_root, prefix = self.own
-        current = next((line.split(":", 2)[2] for line in
-                        Path("/proc/self/cgroup").read_text().splitlines()
-                        if line.startswith(prefix) or f":{prefix}:" in f":{line}"), None)
-        if current is None or not current.startswith(mount_root):
-            return
-        procs = mount / os.path.relpath(current, mount_root) / "cgroup.procs"
         deadline = time.monotonic() + limit
-        pid = str(os.getpid())
+        pid = str(os.getpid()).encode()
         while not stop.is_set() and time.monotonic() < deadline:
-            try:
-                procs.write_text(pid)
+            try:  # plain syscalls: the GIL is released at once, the caller's thread runs on
+                fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, pid)
+                finally:
+                    os.close(fd)
             except OSError:  # best effort: only speed is at stake
                 return
             stop.wait(period)
@@ -475,6 +473,20 @@ class CgroupLayout:
         """rmdir ``relpath`` in every hierarchy (must be empty); missing is fine."""
         for base in self.bases.values():
             _rmdir(base / relpath, time.monotonic() + 2)
+
+
+def _own_procs(own: tuple[Path, str, str] | None) -> str | None:
+    """The cgroup.procs file of this process's current cgroup in the hierarchy ``own`` (read
+    anew each time: writing to a cgroup it has since left would move it back)."""
+    if own is None:
+        return None
+    mount, mount_root, prefix = own
+    current = next((line.split(":", 2)[2] for line in
+                    Path("/proc/self/cgroup").read_text().splitlines()
+                    if line.startswith(prefix) or f":{prefix}:" in f":{line}"), None)
+    if current is None or not current.startswith(mount_root):
+        return None
+    return str(mount / os.path.relpath(current, mount_root) / "cgroup.procs")
 
 
 def _prefixes(relpath: str) -> list[str]:

@@ -68,10 +68,10 @@ class ContainerDriver:
     def __init__(self, host: HostConfig, *, shim_path: Path | None = None,
                  cgroup_base: str | None = None, start_timeout: float = 30.0) -> None:
         """``cgroup_base`` overrides the cgroup below which containers are created (default:
-        the caller's own cgroup in each hierarchy)."""
+        ``host.cgroup_base``, else the caller's own cgroup in each hierarchy)."""
         self.host = host
         self.shim_path = Path(shim_path) if shim_path else DEFAULT_SHIM
-        self.cgroup_base = cgroup_base
+        self.cgroup_base = cgroup_base if cgroup_base is not None else host.cgroup_base
         self.start_timeout = start_timeout
         self._layout: CgroupLayout | None = None
 
@@ -91,7 +91,7 @@ class ContainerDriver:
 
     def teardown_host(self) -> None:
         """Remove the host-wide pieces ``prepare_host`` made: nftables table, bridge, parent
-        cgroups, and the state dir if empty (tests, ``make run`` shutdown). Stopped
+        cgroups, empty-disk templates, and the state dir if empty (tests, ``make run`` shutdown). Stopped
         containers keep their disks and start again after the next ``prepare_host``.
         Refuses while a container runs."""
         running = [s.uuid for s in self.list_instances() if s.state == PowerState.RUNNING]
@@ -102,6 +102,7 @@ class ContainerDriver:
         for child in self.layout.children(self.host.cgroup_name):
             self.layout.remove(f"{self.host.cgroup_name}/{child}")
         self.layout.remove(self.host.cgroup_name)
+        shutil.rmtree(rootfs.template_dir(self.host.state_dir), ignore_errors=True)
         with contextlib.suppress(FileNotFoundError, OSError):
             containers_dir(self.host).rmdir()
 
@@ -373,7 +374,7 @@ class ContainerDriver:
         for sub in (paths.merged, paths.lower, paths.rw):
             sub.mkdir(mode=0o755, exist_ok=True)
         if not paths.disk.exists():
-            rootfs.create_disk(paths.disk, _disk_bytes(spec), root_uid(self.host, spec.uid_slot))
+            rootfs.create_disk(paths.disk, _disk_bytes(spec), rootfs.template_dir(self.host.state_dir))
         write_atomic(paths.spec, json.dumps(spec.to_dict()))
 
     @contextlib.contextmanager
@@ -485,12 +486,26 @@ class ContainerDriver:
         if thorough or any(path.exists() for path in paths.runtime_files()):
             # first: the kernel tears the veth down with the netns meanwhile
             firewall.remove_port(self.host, veth_name(uuid))
-        network.delete_link(veth_name(uuid))
+        if self._link_is_ours(veth_name(uuid), paths):
+            network.delete_link(veth_name(uuid))
         if _is_mountpoint(paths.rw):  # left mounted by a start that died midway
             umount(paths.rw, MNT_DETACH)
         for path in paths.runtime_files():
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+    def _link_is_ours(self, link: str, paths: ContainerPaths) -> bool:
+        """False for a link of this name on another host's bridge: hosts sharing one machine
+        (``HOSTS=3 make run``, the test fleet) name a container's veth after its uuid alone,
+        and a container moved to another host has its link there while this one cleans up."""
+        try:
+            master = os.path.basename(os.readlink(f"/sys/class/net/{link}/master"))
+        except OSError:
+            return True  # no such link, or on no bridge: whatever is left is ours to remove
+        bridges = {self.host.bridge}
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            bridges.add(json.loads(paths.spec.read_text())["network"]["bridge"])
+        return master in bridges
 
     def _reset_layer(self, paths: ContainerPaths) -> None:
         if paths.disk.exists():

@@ -7,19 +7,28 @@ each object touched. The shim forks once (its parent exits at once, so the conta
 nobody's child), clones PID 1 into new namespaces and later serves the console; PID 1 builds
 the container's root and console and execs the image's init.
 
-The caller meanwhile does the host-side work, in threads where it can overlap: cgroups, the
-disk, the firewall rules, PID 1's cgroup migration and the veth. The protocol and the
-sequence diagram are in launch.c; in short:
+The caller meanwhile does the host-side work, in threads where it can overlap: the disk (a
+loop device and a mount, which wait for RCU grace periods: started first), cgroups, the
+firewall rules and the veth. On a loaded host every hand-over between processes costs a
+wake-up (milliseconds), so the go-aheads are sent as soon as their conditions hold, not in
+answer to a report. PID 1 does not wait for the disk to be cloned: the disk is mounted
+detached (fsmount, never in the host's mount table), prepared through /proc/self/fd, and its
+descriptor handed over. The protocol and the sequence diagram are in launch.c; in short:
 
-    caller: cgroups, spawn, rules (thread), disk, "D"    shim: clone PID 1, maps, image fd
-            <- "pid1 <pid>": migration + veth (threads)       PID 1: mounts, pivot_root, pty
-            <- "root": wait for both, pid files, "N"          shim: console socket, "X"
-            <- "ready"                                        PID 1: caps, seccomp, exec init
+    caller: disk, rules (threads), cgroups, spawn           shim: clone PID 1, maps, image fd
+            <- "pid1 <pid>": veth, pid files, "N"
+            disk ready (thread): "W" + its fd                 shim: both fds to PID 1, PID 1
+                                                                    into its cgroups (v1); once
+                                                                    "N" is in, "X" (queued)
+                                                              PID 1: mounts, pivot_root, pty,
+            <- "root"                                                reads "X": caps, seccomp,
+            <- "ready" (PID 1 exec'd, console served)                exec init
 
-On cgroup v1 the first migration after a quiet moment waits for an RCU grace period (the
-kernel's cgroup_threadgroup_rwsem, ~10 ms here); the caller starts that wait at the very
-beginning with a no-op migration of itself (``CgroupLayout.keep_warm``), so PID 1's migration
-finds it done. On cgroup2 PID 1 is cloned straight into its cgroup (CLONE_INTO_CGROUP).
+On cgroup v1 the shim moves PID 1 into its cgroups (C, no GIL to wait for behind the other
+threads). The first migration after a quiet moment waits for an RCU grace period (the kernel's
+cgroup_threadgroup_rwsem, ~10 ms here); the caller starts that wait early with a no-op
+migration of itself (``CgroupLayout.keep_warm``), so PID 1's migration finds it done. On
+cgroup2 PID 1 is cloned straight into its cgroup (CLONE_INTO_CGROUP).
 
 If the caller dies midway, the shim reads EOF where it waits for a go-ahead and gives up; if the
 shim dies, PID 1 reads EOF on its socket and gives up too.
@@ -32,9 +41,11 @@ import fcntl
 import os
 import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,108 +149,132 @@ def launch(plan: LaunchPlan, timeout: float = 30.0) -> Launched:
     driver's teardown removes them (it has to anyway if this process is killed midway).
     """
     firewall.libnftables()  # loaded once per process
-    # first: creating a cgroup waits for the cgroup_mutex, which a migration holds during its
-    # RCU grace period
-    plan.cgroup.create(plan.limits)
+    # go-aheads, and the disk's mount descriptor (SCM_RIGHTS): a stream socket, read() by the shim
+    go, go_r = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     warm = threading.Event()
-    warming = threading.Thread(target=plan.layout.keep_warm, args=(warm,), daemon=True)
-    if plan.cgroup.needs_migration():
-        warming.start()
-    config_r, config_w = os.pipe()
-    report_r, report_w = os.pipe()
-    go_r, go_w = os.pipe()
-    log = os.open(plan.paths.shim_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                  0o644)
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in (log, config_r, report_w, go_r)]
-    try:
-        spawned = os.posix_spawn(
-            plan.shim, [str(plan.shim), "launch", "-S", str(plan.paths.console), "-n", plan.uuid],
-            {}, file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDWR, 0),
-                              (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_RDWR, 0),
-                              *[(os.POSIX_SPAWN_DUP2, fd, 2 + i) for i, fd in enumerate(high)]])
-    except OSError as exc:
-        warm.set()
-        for fd in (config_w, report_r, go_w):
-            os.close(fd)
-        raise DriverError(f"cannot run the console shim {plan.shim}: {exc.strerror}") from exc
-    finally:
-        for fd in (*high, log, config_r, report_w, go_r):
-            os.close(fd)
-    try:
-        with contextlib.suppress(BrokenPipeError):  # a shim that died reports nothing: below
-            os.write(config_w, plan.shim_config())  # well below a pipe's 64 KiB
-        os.close(config_w)
-        config_w = -1
-        lines = _Lines(report_r)
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            # the rules exist before the port does (it is never unguarded): waited for below
-            guarding = pool.submit(firewall.add_port, plan.host, plan.veth, plan.network,
-                                   plan.network_group)
-            _prepare(plan)
-            _go(go_w, b"D")
-            return _follow(plan, lines, go_w, pool, guarding, timeout)
-    finally:
-        warm.set()
-        for fd in (config_w, report_r, go_w):
-            if fd >= 0:
+    pool = _helpers()
+    tasks: list[Future] = []
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(go_r.close)
+        cleanup.callback(go.close)
+        cleanup.callback(futures.wait, tasks)  # nothing of this start outlives it
+        cleanup.callback(warm.set)  # (callbacks run last to first)
+        # first: the loop device and the mount wait longest for the kernel (RCU grace periods);
+        # meanwhile the cgroups are made, the shim clones PID 1 and the veth is created
+        preparing = pool.submit(_prepare_disk, plan, go)
+        tasks.append(preparing)
+        # the rules exist before the port does (it is never unguarded): waited for at "pid1"
+        guarding = pool.submit(firewall.add_port, plan.host, plan.veth, plan.network,
+                               plan.network_group)
+        tasks.append(guarding)
+        # creating a cgroup waits for the cgroup_mutex, which a migration holds during its RCU
+        # grace period: before keep_warm's first migration
+        plan.cgroup.create(plan.limits)
+        if plan.cgroup.needs_migration():
+            tasks.append(pool.submit(plan.layout.keep_warm, warm))
+        config_r, config_w = os.pipe()
+        try:  # written before the shim starts: it reads it at once (well below a pipe's 64 KiB)
+            os.write(config_w, plan.shim_config())
+        except BaseException:
+            os.close(config_r)
+            raise
+        finally:
+            os.close(config_w)
+        report_r, report_w = os.pipe()
+        cleanup.callback(os.close, report_r)
+        log = os.open(plan.paths.shim_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                      0o644)
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
+                for fd in (log, config_r, report_w, go_r.fileno())]
+        try:
+            spawned = os.posix_spawn(
+                plan.shim, [str(plan.shim), "launch", "-S", str(plan.paths.console), "-n", plan.uuid],
+                {}, file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDWR, 0),
+                                  (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_RDWR, 0),
+                                  *[(os.POSIX_SPAWN_DUP2, fd, 2 + i) for i, fd in enumerate(high)]])
+        except OSError as exc:
+            raise DriverError(f"cannot run the console shim {plan.shim}: {exc.strerror}") from exc
+        finally:
+            for fd in (*high, log, config_r, report_w):
                 os.close(fd)
-        os.waitpid(spawned, 0)  # exits right after its fork
+            go_r.close()  # the shim's: it reads EOF if this process dies
+        cleanup.callback(os.waitpid, spawned, 0)  # exits right after its fork
+        return _follow(plan, _Lines(report_r), go, guarding, preparing, timeout)
 
 
-def _prepare(plan: LaunchPlan) -> None:
-    """The host-side pieces that must exist before PID 1 is cloned (besides its cgroups)."""
-    # mounted before PID 1's mount namespace copies ours; the shim then detaches it here
-    rootfs.mount_disk(plan.paths.disk, plan.paths.rw)
-    fresh = not plan.paths.upper.exists()
-    for layer in (plan.paths.upper, plan.paths.work):
+def _prepare_disk(plan: LaunchPlan, go: socket.socket) -> None:
+    """Mount the disk (detached), prepare it, hand it to the shim ("W"). On failure the shim
+    is told to give up (EOF) and the error is this future's."""
+    try:
+        disk = rootfs.open_disk(plan.paths.disk)
+        try:
+            _prepare(plan, Path(f"/proc/self/fd/{disk}"))
+            with contextlib.suppress(OSError):  # a shim that died: its report says why
+                socket.send_fds(go, [b"W"], [disk])
+        finally:
+            os.close(disk)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            go.shutdown(socket.SHUT_WR)
+        raise
+
+
+def _prepare(plan: LaunchPlan, disk: Path) -> None:
+    """The disk's layers (and volumes) for PID 1's overlay; ``disk`` is its root, mounted."""
+    rootfs.claim_root(disk, plan.root_uid)  # a new disk's root is the host's root's
+    upper, work = (disk / layer.relative_to(plan.paths.rw)
+                   for layer in (plan.paths.upper, plan.paths.work))
+    fresh = not upper.exists()
+    for layer in (upper, work):
         if not layer.exists():
             layer.mkdir(mode=0o755)
             os.chown(layer, plan.root_uid, plan.root_uid)
     if fresh and plan.provision is not None:
-        plan.provision(plan.paths.upper)
+        plan.provision(upper)
     if plan.config.app is not None:
         # a new volume belongs to the application's user, so that it can write its data
-        plan.paths.volumes.mkdir(mode=0o755, exist_ok=True)
-        os.chown(plan.paths.volumes, plan.root_uid, plan.root_uid)
+        volumes = disk / plan.paths.volumes.relative_to(plan.paths.rw)
+        volumes.mkdir(mode=0o755, exist_ok=True)
+        os.chown(volumes, plan.root_uid, plan.root_uid)
         uid, gid = plan.root_uid + plan.config.app.uid, plan.root_uid + plan.config.app.gid
         for source, _ in plan.volumes():
             with contextlib.suppress(FileExistsError):
-                source.mkdir(mode=0o755)
-                os.chown(source, uid, gid)
+                (disk / source.relative_to(plan.paths.rw)).mkdir(mode=0o755)
+                os.chown(disk / source.relative_to(plan.paths.rw), uid, gid)
 
 
-def _follow(plan: LaunchPlan, lines: _Lines, go: int, pool: ThreadPoolExecutor,
-            guarding: Future, timeout: float) -> Launched:
+def _follow(plan: LaunchPlan, lines: _Lines, go: socket.socket, guarding: Future,
+            preparing: Future, timeout: float) -> Launched:
     """Answer the shim's reports until it serves the console."""
     deadline = time.monotonic() + timeout
     monitor = pid1 = None
-    joining = linking = None
     try:
         while True:
             line = lines.next(deadline)
+            kind, _, rest = (line or "").partition(" ")
             if line is None:
                 raise DriverError("the container monitor died while starting the container")
-            kind, _, rest = line.partition(" ")
             if kind == "monitor":
                 monitor = ProcRef.of(int(rest))
             elif kind == "pid1":
                 pid1 = ProcRef.of(int(rest))
                 if pid1 is None:
                     raise DriverError("the container's PID 1 died during setup")
-                # both wait for the kernel (RCU, netlink) while PID 1 builds its root
-                joining = pool.submit(plan.cgroup.add_after_clone, pid1.pid)
-                linking = pool.submit(_link, plan, guarding, pid1.pid)
-            elif kind == "root" and joining is not None and linking is not None:
-                joining.result()
-                linking.result()
                 if monitor is None:
                     raise DriverError("the container monitor did not say who it is")
+                # while PID 1 waits for its disk and builds its root: the port's rules, then
+                # the veth, the pid files, and "N" at once, so that PID 1 execs its init as
+                # soon as its root is built, without another round trip through here
+                guarding.result()
+                network.add_container_link(plan.veth, plan.bridge, pid1.pid, plan.network)
                 pid1.save(plan.paths.init_pid)
                 monitor.save(plan.paths.shim_pid)  # the monitor serves the console as the shim
                 _go(go, b"N")
+            elif kind == "root" and pid1 is not None:
+                preparing.result()  # (done: the shim had the disk)
             elif kind == "error":
                 raise DriverError(rest)
-            elif kind == "ready":
+            elif kind == "ready" and pid1 is not None:
                 return Launched(shim=monitor, init=pid1)
             else:
                 raise DriverError(f"container setup: unexpected report {line!r}")
@@ -247,20 +282,62 @@ def _follow(plan: LaunchPlan, lines: _Lines, go: int, pool: ThreadPoolExecutor,
         if monitor is not None and monitor.alive():  # PID 1 gives up when its monitor dies
             with contextlib.suppress(ProcessLookupError):
                 os.kill(monitor.pid, signal.SIGKILL)
+        if pid1 is not None:  # cloned before its disk is ready: maybe in no cgroup yet
+            _kill_and_wait(pid1)
+        if isinstance(exc, (DriverError, OSError)) and not isinstance(exc, TimeoutError):
+            # a disk that could not be prepared makes the shim give up, and its PID 1 dies
+            # under the veth being configured: the disk is the cause to report
+            with contextlib.suppress(TimeoutError):
+                failed = preparing.exception(timeout=5.0)
+                if failed is not None and failed is not exc:
+                    raise failed from None
         if isinstance(exc, TimeoutError):
             raise DriverError(f"the container did not start within {timeout:.0f} s") from None
         raise
 
 
-def _go(fd: int, signal_byte: bytes) -> None:
+def _kill_and_wait(proc: ProcRef, timeout: float = 5.0) -> None:
+    """SIGKILL ``proc`` (not a child of ours) and wait until it is gone."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        return
+    try:
+        if proc.alive():  # the pid still names it (checked after opening: no reuse race)
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+
+
+def _go(go: socket.socket, signal_byte: bytes) -> None:
     """A go-ahead for the shim; if it has died, its report (read next) says why."""
-    with contextlib.suppress(BrokenPipeError):
-        os.write(fd, signal_byte)
+    with contextlib.suppress(OSError):
+        go.sendall(signal_byte)
 
 
-def _link(plan: LaunchPlan, guarding: Future, pid1: int) -> None:
-    guarding.result()  # the port's rules first
-    network.add_container_link(plan.veth, plan.bridge, pid1, plan.network)
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _helpers() -> ThreadPoolExecutor:
+    """This process's threads for the starts' parallel steps, kept between starts: creating a
+    thread costs ~1 ms (several on a loaded host) of the start's time. Their tasks never wait
+    for one another, so starts running at once share them safely."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="berth-start")
+        return _pool
+
+
+def _forget_helpers() -> None:
+    """In a forked child (a Celery prefork worker) the parent's threads do not exist."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_helpers)
 
 
 class _Lines:

@@ -51,7 +51,7 @@ from workers.drivers.vm.storage import (
     make_instance_dir,
     remove_instance_dir,
 )
-from workers.drivers.vm.xml import domain_xml, validate
+from workers.drivers.vm.xml import CDROM_DEV, domain_xml, validate
 
 BeforeResume = Callable[[], None]
 
@@ -119,9 +119,9 @@ class VmDriver:
             if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None
             raise DriverError(f"cannot look up domain {name}: {describe(err)}") from err
-        if berth_uuid(dom.UUIDString()) != uuid:
-            raise DriverError(f"domain {name} belongs to instance {berth_uuid(dom.UUIDString())},"
-                              f" not {uuid}")
+        owner = berth_uuid(self.host, name, dom.UUIDString())
+        if owner != uuid:
+            raise DriverError(f"domain {name} belongs to instance {owner}, not {uuid}")
         return dom
 
     def _require(self, uuid: str) -> libvirt.virDomain:
@@ -223,7 +223,8 @@ class VmDriver:
             image = VmImage.for_spec(self.host, spec.image)
             make_instance_dir(files, for_local_qemu=self.uri.startswith("qemu:///"))
             create_overlay(files, image, spec.disk_gib)
-            create_config_disk(files, spec, config_id=f"{spec.uuid}-{secrets.token_hex(4)}")
+            if not image.is_installer:
+                create_config_disk(files, spec, config_id=f"{spec.uuid}-{secrets.token_hex(4)}")
             dom = self._define(spec, image, files)
             self._boot(dom, before_resume)
         except BaseException:
@@ -354,9 +355,38 @@ class VmDriver:
         image = VmImage.for_spec(self.host, spec.image)
         make_instance_dir(files, for_local_qemu=self.uri.startswith("qemu:///"))
         create_overlay(files, image, spec.disk_gib)
-        create_config_disk(files, spec, config_id=f"{spec.uuid}-{secrets.token_hex(4)}")
+        if image.is_installer:  # a fresh empty disk: the installer runs again from the ISO
+            files.iso_ejected.unlink(missing_ok=True)
+        else:
+            create_config_disk(files, spec, config_id=f"{spec.uuid}-{secrets.token_hex(4)}")
         self._boot(self._define(spec, image, files), before_resume)
         return self.status(spec.uuid)
+
+    def eject_iso(self, spec: InstanceSpec) -> InstanceStatus:
+        """Take an installer ISO out of the VM's CD-ROM, now and for every later boot (a running
+        installer sees the tray open). A no-op for a VM without one, or already ejected."""
+        dom = self._require(spec.uuid)
+        files = InstanceFiles.of(self.host, spec.uuid)
+        with libvirt_errors(f"cannot read the definition of {dom.name()}", uuid=spec.uuid):
+            xml = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        cdrom = next((disk for disk in xml.iterfind("devices/disk[@device='cdrom']")
+                      if disk.find(f"target[@dev='{CDROM_DEV}']") is not None), None)
+        if cdrom is None:
+            status = self.status(spec.uuid)
+            return InstanceStatus(status.uuid, status.state, status.pid, "no installer CD-ROM")
+        files.iso_ejected.touch()
+        source = cdrom.find("source")
+        if source is None or not source.get("file"):
+            status = self.status(spec.uuid)
+            return InstanceStatus(status.uuid, status.state, status.pid, "ISO already ejected")
+        cdrom.remove(source)
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if dom.isActive():  # forced: a guest that mounted the disc has locked the tray
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_DEVICE_MODIFY_FORCE
+        with libvirt_errors(f"cannot eject the ISO of {dom.name()}", uuid=spec.uuid):
+            dom.updateDeviceFlags(ET.tostring(cdrom, encoding="unicode"), flags)
+        status = self.status(spec.uuid)
+        return InstanceStatus(status.uuid, status.state, status.pid, "ISO ejected")
 
     def status(self, uuid: str) -> InstanceStatus:
         dom = self._lookup(check_uuid(uuid))
@@ -390,7 +420,7 @@ class VmDriver:
             try:
                 if not owns_domain_name(self.host, dom.name()) or not self._owned(dom):
                     continue
-                found.append(self.status(berth_uuid(dom.UUIDString())))
+                found.append(self.status(berth_uuid(self.host, dom.name(), dom.UUIDString())))
             except libvirt.libvirtError:
                 continue  # undefined while we were listing
         return found
@@ -466,7 +496,7 @@ class VmDriver:
         if dom.isActive():
             conn = open_connection(self.uri)
             try:
-                session.attach(conn, conn.lookupByUUIDString(libvirt_uuid(uuid)))
+                session.attach(conn, conn.lookupByUUIDString(libvirt_uuid(self.host, uuid)))
             except BaseException:
                 conn.close()
                 raise

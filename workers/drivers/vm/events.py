@@ -134,7 +134,7 @@ class LifecycleWatcher:
             try:
                 if not owns_domain_name(self.host, dom.name()):
                     continue
-                uuid = berth_uuid(dom.UUIDString())
+                uuid = berth_uuid(self.host, dom.name(), dom.UUIDString())
                 state = PowerState.RUNNING if dom.isActive() else PowerState.STOPPED
             except libvirt.libvirtError:
                 continue  # undefined while we listed: its UNDEFINED event follows
@@ -159,7 +159,7 @@ class LifecycleWatcher:
         try:
             if not owns_domain_name(self.host, dom.name()):
                 return
-            uuid = berth_uuid(dom.UUIDString())
+            uuid = berth_uuid(self.host, dom.name(), dom.UUIDString())
             active = bool(dom.isActive()) if event == libvirt.VIR_DOMAIN_EVENT_DEFINED else False
         except libvirt.libvirtError:
             return

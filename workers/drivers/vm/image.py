@@ -13,12 +13,19 @@ from workers.drivers.base import DriverError, HostConfig, ImageSpec
 class VmImage:
     name: str
     path: Path
-    kernel: Path
-    initrd: Path
-    disk: Path
+    kernel: Path | None  # None for an installer ISO (``iso`` set)
+    initrd: Path | None
+    disk: Path | None  # the base disk instances get an overlay of; None for an ISO
     disk_format: str  # "qcow2" | "raw": given explicitly as the overlay's backing format
     cmdline: str  # the image's own kernel arguments; the driver appends the instance's
     checksum: str
+    # An installer ISO (workers/images/iso.py): the instance gets an empty disk and boots the
+    # ISO from a CD-ROM until something bootable is on its disk; no kernel, no config disk.
+    iso: Path | None = None
+
+    @property
+    def is_installer(self) -> bool:
+        return self.iso is not None
 
     @classmethod
     def load(cls, path: Path) -> VmImage:
@@ -30,6 +37,12 @@ class VmImage:
             raise DriverError(f"VM image {path.name!r} has unreadable metadata: {exc}") from exc
         if meta.get("kind") != "vm":
             raise DriverError(f"image {path.name!r} is not a VM image")
+        if meta.get("boot") == "iso":
+            iso = path / meta["iso"]
+            if not iso.is_file():
+                raise DriverError(f"installer ISO {meta['name']!r} is missing from {path}")
+            return cls(name=meta["name"], path=path, kernel=None, initrd=None, disk=None,
+                       disk_format="", cmdline="", checksum=meta.get("checksum", ""), iso=iso)
         return cls(
             name=meta["name"],
             path=path,

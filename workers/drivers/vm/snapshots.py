@@ -184,9 +184,10 @@ class VmSnapshots:
                 dom.suspend()  # QEMU drains and flushes the disk before it reports paused
             paused = True
         try:
-            _run(["qemu-img", "convert", "-U", "-q", "-f", "qcow2", "-O", "qcow2",
-                  "-F", image.disk_format, "-B", str(image.disk), str(files.overlay), str(dest)],
-                 "cannot copy the VM's disk")
+            backing = ([] if image.disk is None  # an installer ISO's VM: a standalone disk
+                       else ["-F", image.disk_format, "-B", str(image.disk)])
+            _run(["qemu-img", "convert", "-U", "-q", "-f", "qcow2", "-O", "qcow2", *backing,
+                  str(files.overlay), str(dest)], "cannot copy the VM's disk")
         except DriverError:
             dest.unlink(missing_ok=True)
             raise
@@ -204,8 +205,9 @@ class VmSnapshots:
         """The config disk beside ``disk`` (from ``export_disk``) is kept when there is one;
         without it a new one is written (the guest applies its secrets afresh)."""
         image = VmImage.for_spec(self.host, spec.image)  # refuses another build of the image
-        _run(["qemu-img", "rebase", "-u", "-q", "-f", "qcow2", "-F", image.disk_format,
-              "-b", str(image.disk), str(disk)], "cannot attach the disk to this host's image")
+        if image.disk is not None:  # an installer ISO's VM has a standalone disk
+            _run(["qemu-img", "rebase", "-u", "-q", "-f", "qcow2", "-F", image.disk_format,
+                  "-b", str(image.disk), str(disk)], "cannot attach the disk to this host's image")
         files = InstanceFiles.of(self.host, spec.uuid)
         config = disk.with_name(CONFIG)
         dom = self.driver._lookup(spec.uuid)
@@ -222,7 +224,7 @@ class VmSnapshots:
             grow_overlay(files, spec.disk_gib)
             if config.exists():
                 os.replace(config, files.config_disk)
-            elif new or not files.config_disk.exists():
+            elif not image.is_installer and (new or not files.config_disk.exists()):
                 create_config_disk(files, spec, config_id=f"{spec.uuid}-{secrets.token_hex(4)}")
             dom = self.driver._define(spec, image, files)
             if start or was_running:

@@ -29,6 +29,11 @@ class InstanceFiles:
     config_disk: Path
     serial_log: Path
 
+    @property
+    def iso_ejected(self) -> Path:
+        """Present once an installer ISO was ejected: later definitions leave the CD-ROM empty."""
+        return self.dir / "iso-ejected"
+
     @classmethod
     def of(cls, host: HostConfig, uuid: str) -> InstanceFiles:
         d = instance_dir(host, uuid)
@@ -64,9 +69,15 @@ def make_instance_dir(files: InstanceFiles, *, for_local_qemu: bool = True) -> N
 
 
 def create_overlay(files: InstanceFiles, image: VmImage, disk_gib: int) -> None:
-    """(Re)create the instance disk: a qcow2 overlay over the image, sized to the plan."""
-    size = max(disk_gib * GIB, virtual_size(image.disk, image.disk_format))
+    """(Re)create the instance disk: a qcow2 overlay over the image, sized to the plan; for an
+    installer ISO an empty qcow2 of the plan's size (the installer fills it)."""
     tmp = files.overlay.with_suffix(".tmp")
+    if image.disk is None:
+        _run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp), str(disk_gib * GIB)],
+             "cannot create the instance disk")
+        os.replace(tmp, files.overlay)
+        return
+    size = max(disk_gib * GIB, virtual_size(image.disk, image.disk_format))
     _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image.disk_format,
           "-b", str(image.disk), str(tmp), str(size)], "cannot create the instance disk")
     os.replace(tmp, files.overlay)

@@ -18,6 +18,7 @@ from workers.drivers.vm.storage import InstanceFiles
 _HOSTNAME_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$", re.I)
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", re.I)
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+CDROM_DEV = "hdc"  # an installer ISO's CD-ROM (IDE: every installer and SeaBIOS know it)
 
 ET.register_namespace(METADATA_PREFIX, METADATA_NS)
 
@@ -71,7 +72,7 @@ def domain_xml(
     validate(spec)
     dom = ET.Element("domain", type=domain_type)
     _sub(dom, "name", domain_name(host, spec.uuid))
-    _sub(dom, "uuid", libvirt_uuid(spec.uuid))
+    _sub(dom, "uuid", libvirt_uuid(host, spec.uuid))
     _sub(dom, "title", f"{spec.hostname} (Berth {host.name})")
 
     meta = _sub(dom, "metadata")
@@ -87,9 +88,10 @@ def domain_xml(
 
     os_el = _sub(dom, "os")
     _sub(os_el, "type", "hvm", arch="x86_64", machine="pc")
-    _sub(os_el, "kernel", str(image.kernel))
-    _sub(os_el, "initrd", str(image.initrd))
-    _sub(os_el, "cmdline", kernel_cmdline(spec, image))
+    if not image.is_installer:
+        _sub(os_el, "kernel", str(image.kernel))
+        _sub(os_el, "initrd", str(image.initrd))
+        _sub(os_el, "cmdline", kernel_cmdline(spec, image))
 
     features = _sub(dom, "features")
     _sub(features, "acpi")  # the power button is how a graceful stop reaches the guest
@@ -107,11 +109,24 @@ def domain_xml(
     _sub(disk, "source", file=str(files.overlay))
     _sub(disk, "target", dev="vda", bus="virtio")
 
-    cfg = _sub(dev, "disk", type="file", device="disk")
-    _sub(cfg, "driver", name="qemu", type="raw")
-    _sub(cfg, "source", file=str(files.config_disk))
-    _sub(cfg, "target", dev="vdb", bus="virtio")
-    _sub(cfg, "readonly")
+    if image.is_installer:
+        # Boot order disk, then CD-ROM: SeaBIOS finds no boot signature on the empty disk and
+        # goes on to the installer; once the installer has put a boot loader on the disk the
+        # VM boots from it, ISO still inserted or ejected. No config disk: the installer asks.
+        _sub(disk, "boot", order="1")
+        cdrom = _sub(dev, "disk", type="file", device="cdrom")
+        _sub(cdrom, "driver", name="qemu", type="raw")
+        if not files.iso_ejected.exists():
+            _sub(cdrom, "source", file=str(image.iso))
+        _sub(cdrom, "target", dev=CDROM_DEV, bus="ide")
+        _sub(cdrom, "readonly")
+        _sub(cdrom, "boot", order="2")
+    else:
+        cfg = _sub(dev, "disk", type="file", device="disk")
+        _sub(cfg, "driver", name="qemu", type="raw")
+        _sub(cfg, "source", file=str(files.config_disk))
+        _sub(cfg, "target", dev="vdb", bus="virtio")
+        _sub(cfg, "readonly")
 
     nic = _sub(dev, "interface", type="bridge")
     _sub(nic, "source", bridge=spec.network.bridge)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import secrets
+import subprocess
+import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import libvirt
+import pytest
 
+from tests.workers.drivers.vm_fixtures import libvirt_daemons, vm_tiny_image
 from workers.drivers.vm.capabilities import (
     Virtualization,
     _fingerprint,
@@ -17,6 +23,8 @@ from workers.drivers.vm.capabilities import (
 from workers.drivers.vm.image import VmImage
 
 URI = "test:///default"
+
+_FIXTURES = (libvirt_daemons, vm_tiny_image)  # found by name in this module
 
 
 def _image(tmp_path: Path) -> VmImage:
@@ -44,3 +52,38 @@ def test_changed_host_is_probed_again_and_the_reason_recorded(tmp_path: Path):
     assert verdict.domain_type == "qemu"
     assert verdict.reason.startswith("TCG (software emulation): ")
     assert load_verdict(cache) == verdict
+
+
+def _domain_exists(name: str) -> bool:
+    return subprocess.run(["virsh", "-c", "qemu:///system", "domstate", name],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.vm
+def test_a_process_killed_mid_probe_leaves_no_probe_domain(vm_tiny_image, tmp_path: Path):
+    """A stopped agent or a Ctrl-C of make run may end the process while it probes KVM; the
+    probe's domain must go with its connection (it once stayed, paused, on this machine)."""
+    name = f"berth-t{secrets.token_hex(3)}-kvm-probe"
+    code = ("import sys; from pathlib import Path; import libvirt; "
+            "from workers.drivers.vm.capabilities import probe_kvm; "
+            "from workers.drivers.vm.image import VmImage; "
+            "conn = libvirt.open('qemu:///system'); "
+            f"probe_kvm(conn, VmImage.load(Path({str(vm_tiny_image.path)!r})), Path({str(tmp_path)!r}), "
+            f"name={name!r}, timeout=120)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[3])
+    try:
+        deadline = time.monotonic() + 30
+        while not _domain_exists(name) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is not None and not _domain_exists(name):
+            pytest.skip("KVM works here: the probe ended before it could be interrupted")
+        assert _domain_exists(name), "the probe never defined its domain"
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while _domain_exists(name) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _domain_exists(name), "the probe's domain outlived the killed process"
+    finally:
+        proc.kill()
+        subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True)

@@ -65,6 +65,12 @@ def _probe_xml(name: str, image: VmImage, log: Path) -> str:
     return ET.tostring(dom, encoding="unicode")
 
 
+def _destroy_stale(conn: libvirt.virConnect, name: str) -> None:
+    """A probe domain left by an older Berth (before AUTODESTROY) is not a verdict: remove it."""
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.lookupByName(name).destroy()
+
+
 def probe_kvm(conn: libvirt.virConnect, image: VmImage, work_dir: Path, *,
               name: str, timeout: float) -> tuple[bool, str]:
     """Boot the probe guest under KVM; (works, why)."""
@@ -73,8 +79,11 @@ def probe_kvm(conn: libvirt.virConnect, image: VmImage, work_dir: Path, *,
     log = work_dir / "kvm-probe.log"
     log.unlink(missing_ok=True)
     started = time.monotonic()
+    _destroy_stale(conn, name)
     try:
-        dom = conn.createXML(_probe_xml(name, image, log), 0)
+        # AUTODESTROY: libvirtd kills the probe when this connection closes, so a process
+        # killed mid-probe (a stopped agent, a Ctrl-C of make run) never leaves it behind.
+        dom = conn.createXML(_probe_xml(name, image, log), libvirt.VIR_DOMAIN_START_AUTODESTROY)
     except libvirt.libvirtError as err:
         return False, f"libvirt cannot start a KVM guest: {describe(err)}"
     try:

@@ -15,13 +15,14 @@
  *   cgroups; posix_spawn -->  fork, the parent exits (the driver reaps it): nobody's child
  *   (thread) loop device,     setsid, "monitor <pid>"
  *   mount, layers             clone3(NEWUSER|NEWNS|NEWUTS|NEWIPC|NEWNET|NEWPID
- *                                    [|INTO_CGROUP]) ----------->  waits for its ids
+ *                                    [|INTO_CGROUP]) ----------->  joins its v1 cgroups itself;
+ *                                                                  waits for its ids
  *   <-- "pid1 <pid>"          uid_map/gid_map; idmapped clone
  *   veth + eth0, pid files,   of the image tree
  *   "N" ------------------->
  *   "W" + disk fd -------->   image and disk fds over a socket --> root inside; attaches the
- *                             PID 1 into its cgroups (v1)          image and the disk, mounts
- *                             (once 'N' is in) "X", queued ---->   overlay, /proc, /sys, /dev,
+ *                             (once 'N' is in) "X", queued ---->   image and the disk, mounts
+ *                                                                  overlay, /proc, /sys, /dev,
  *                                                                  /run; masks; pivot_root;
  *   <-- "root"                <----------------- pty master+slave  console pty; reads "X":
  *                             console socket; serve(): reaps       unshare(CGROUP), bounding
@@ -401,24 +402,35 @@ static int idmapped_image(const struct config *cfg, pid_t pid)
 	return tree;
 }
 
-/* PID 1 into its cgroups (on cgroup2 it was born in its one): done here, in the monitor,
- * while PID 1 builds its root, and always before its init runs. The driver keeps the kernel's
- * cgroup_threadgroup_rwsem warm meanwhile, so these writes do not wait for an RCU grace period. */
-static void join_cgroups(const struct config *cfg, pid_t pid)
+/* PID 1's way into its cgroup-v1 cgroups: their "tasks" files, opened here as host root
+ * (cgroup v1 checks the opener's credentials, so PID 1 may use them after its ids changed).
+ * PID 1 writes "0" to each as its first act (join_cgroups below). A process moving only
+ * itself, one thread, skips the kernel's cgroup_threadgroup_rwsem; writing a pid to
+ * cgroup.procs takes it for writing, and the first writer after a quiet moment waits for an
+ * RCU grace period (7-13 ms on these machines, for LXC as well). On cgroup2 (and the hybrid
+ * "unified" hierarchy) PID 1 is born in its cgroup instead (CLONE_INTO_CGROUP). */
+static int open_cgroup_tasks(const struct config *cfg, int *fds)
 {
-	char path[4200], line[32];
-	int fd, n = snprintf(line, sizeof(line), "%d", (int)pid);
+	char path[4200];
+	int n = 0;
 
 	for (int i = 0; i < cfg->n_cgroups; i++) {
 		if (cfg->cgroup2 && !strcmp(cfg->cgroups[i], cfg->cgroup2))
 			continue;
-		snprintf(path, sizeof(path), "%s/cgroup.procs", cfg->cgroups[i]);
-		fd = open(path, O_WRONLY | O_CLOEXEC);
-		if (fd < 0 || write(fd, line, (size_t)n) != n)
-			fail("container setup: cannot move PID 1 into cgroup %s: %s", cfg->cgroups[i],
+		snprintf(path, sizeof(path), "%s/tasks", cfg->cgroups[i]);
+		fds[n] = open(path, O_WRONLY | O_CLOEXEC);
+		if (fds[n] < 0)
+			fail("container setup: cannot open cgroup %s: %s", cfg->cgroups[i],
 			     strerror(errno));
-		close(fd);
+		n++;
 	}
+	return n;
+}
+
+static void close_all(const int *fds, int n)
+{
+	for (int i = 0; i < n; i++)
+		close(fds[i]);
 }
 
 static int listen_console(const char *path)
@@ -443,13 +455,15 @@ static int listen_console(const char *path)
 	return fd;
 }
 
-static void __attribute__((noreturn)) pid1_main(const struct config *cfg, int sock, int exec_w);
+static void __attribute__((noreturn)) pid1_main(const struct config *cfg, int sock, int exec_w,
+						 const int *tasks, int n_tasks);
 
 int launch_main(int argc, char **argv)
 {
 	static struct config cfg;
 	struct clone_args args = { 0 };
 	int sp[2], exec_pipe[2], cgroup_fd = -1, mounts[2], fds[2] = { -1, -1 }, fd, net_ready = 0;
+	int tasks[MAX_CGROUPS], n_tasks;
 	char text[1024];
 	pid_t pid;
 
@@ -480,14 +494,16 @@ int launch_main(int argc, char **argv)
 		args.flags |= CLONE_INTO_CGROUP;
 		args.cgroup = (uint64_t)cgroup_fd;
 	}
+	n_tasks = open_cgroup_tasks(&cfg, tasks);
 	pid = (pid_t)syscall(SYS_clone3, &args, sizeof(args));
 	if (pid < 0)
 		fail("container setup: cannot create the container's namespaces: %s", strerror(errno));
 	if (pid == 0) {
 		close(sp[0]);
 		close(exec_pipe[0]);
-		pid1_main(&cfg, sp[1], exec_pipe[1]);
+		pid1_main(&cfg, sp[1], exec_pipe[1], tasks, n_tasks);
 	}
+	close_all(tasks, n_tasks);
 	child_pid = pid;
 	close(sp[1]);
 	close(exec_pipe[1]);
@@ -514,7 +530,6 @@ int launch_main(int argc, char **argv)
 		fail("container setup: PID 1 died before its root was built");
 	close(mounts[0]);
 	close(mounts[1]);
-	join_cgroups(&cfg, pid);
 	while (!net_ready) {
 		if (recv_go(&fd) != 'N' || fd >= 0)
 			fail("the driver gave up starting the container");
@@ -797,13 +812,24 @@ static void init_config(const struct config *cfg, int exec_w, struct init_config
 	ic->status_fd = exec_w;
 }
 
-static void __attribute__((noreturn)) pid1_main(const struct config *cfg, int sock, int exec_w)
+/* see open_cgroup_tasks: "0" is this thread, which is all of PID 1 */
+static void join_cgroups(const int *tasks, int n_tasks)
+{
+	for (int i = 0; i < n_tasks; i++)
+		if (write(tasks[i], "0", 1) != 1)
+			pid1_fail(SETUP "cannot join its cgroups: %s", strerror(errno));
+	close_all(tasks, n_tasks);
+}
+
+static void __attribute__((noreturn)) pid1_main(const struct config *cfg, int sock, int exec_w,
+						 const int *tasks, int n_tasks)
 {
 	int master, slave, fds[2] = { -1, -1 };
 	struct init_config ic;
 	sigset_t none;
 
 	pid1_sock = sock;
+	join_cgroups(tasks, n_tasks); /* first: everything PID 1 does is accounted there */
 	prctl(PR_SET_PDEATHSIG, SIGKILL); /* the monitor died: give up (cleared before exec) */
 	close(CONFIG_FD);
 	close(REPORT_FD);
@@ -824,7 +850,7 @@ static void __attribute__((noreturn)) pid1_main(const struct config *cfg, int so
 		_exit(1);
 	if (cfg->app)
 		init_config(cfg, exec_w, &ic);
-	/* now that the driver has put us in our cgroups: the cgroup namespace is rooted there */
+	/* we are in our cgroups (join_cgroups): the cgroup namespace is rooted there */
 	if (unshare(CLONE_NEWCGROUP) != 0)
 		goto exec_failed_setup;
 

@@ -17,7 +17,7 @@ import pytest
 from tests.workers.conftest import Console, make_host, sweep
 from workers.drivers.base import DriverError, ImageSpec, InstanceNotFound, NetworkSpec, PowerState
 from workers.drivers.container import ContainerDriver, rootfs
-from workers.drivers.container.state import ContainerPaths, root_uid
+from workers.drivers.container.state import ContainerPaths, ProcRef, root_uid
 
 pytestmark = pytest.mark.root
 
@@ -241,6 +241,25 @@ def test_reap_leaves_running_and_busy_containers_alone(container, ct_driver, lef
         os.close(fd)
     ct_driver.reap(container.uuid)
     assert set(leftovers(container.uuid)) == {"files"}
+
+
+def test_init_is_in_its_own_cgroup_in_every_hierarchy(container, ct_driver):
+    """Seen from the host: PID 1 joins its cgroup-v1 cgroups itself and is born in its cgroup2
+    one (launch.c); a hierarchy it missed would leave that controller's limit unenforced."""
+    paths = ContainerPaths.of(ct_driver.host, container.uuid)
+    init = ProcRef.load(paths.init_pid)
+    assert init is not None
+    # /proc/<pid>/cgroup: "id:controllers:path", the cgroup2 line is "0::path"
+    member = {}
+    for line in Path(f"/proc/{init.pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for key in controllers.split(",") if controllers else ["unified", "v2"]:
+            member[key] = path
+    dirs = ct_driver._cgroup(paths, container.uuid).paths()
+    assert dirs
+    for key, directory in dirs.items():
+        assert member[key].endswith(f"/{container.uuid}"), (key, member[key])
+        assert str(init.pid) in Path(directory, "cgroup.procs").read_text().split(), key
 
 
 def test_change_plan_applies_new_limits_live(container, ct_driver):

@@ -13,7 +13,6 @@ import contextlib
 import errno
 import os
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,13 +58,8 @@ class Cgroup(Protocol):
     def add(self, pid: int) -> None: ...
 
     def clone_into(self) -> str | None:
-        """A cgroup2 directory a new process can be born in (clone3 CLONE_INTO_CGROUP)."""
-
-    def needs_migration(self) -> bool:
-        """Whether a process born in ``clone_into()`` must still join other hierarchies."""
-
-    def add_after_clone(self, pid: int) -> None:
-        """Join ``pid`` (born in ``clone_into()``) to the hierarchies it is not in yet."""
+        """A cgroup2 directory a new process can be born in (clone3 CLONE_INTO_CGROUP); the
+        process joins the other hierarchies' directories itself (berth-shim's PID 1)."""
 
     def procs(self) -> list[int]: ...
 
@@ -202,16 +196,10 @@ class CgroupV1:
             _write(path / "cgroup.procs", pid)
 
     def clone_into(self) -> str | None:
-        # Not the cgroup2 "unified" directory either: CLONE_INTO_CGROUP takes the cgroup_mutex,
-        # which the keep_warm migration holds through its RCU grace period, and the v1
-        # controllers need a migration anyway. PID 1 joins every hierarchy in one go.
-        return None
-
-    def needs_migration(self) -> bool:
-        return True
-
-    def add_after_clone(self, pid: int) -> None:
-        self.add(pid)
+        # the hybrid layout's cgroup2 "unified" directory: being born there costs nothing,
+        # moving there would wait for an RCU grace period (see launch.c, open_cgroup_tasks)
+        unified = self.dirs.get(UNIFIED)
+        return str(unified) if unified else None
 
     def procs(self) -> list[int]:
         found: set[int] = set()
@@ -295,12 +283,6 @@ class CgroupV2:
     def clone_into(self) -> str | None:
         return str(self.path)
 
-    def needs_migration(self) -> bool:
-        return False
-
-    def add_after_clone(self, pid: int) -> None:
-        """Nothing: born in its cgroup."""
-
     def procs(self) -> list[int]:
         return _pids(self.path / "cgroup.procs")
 
@@ -341,9 +323,6 @@ class CgroupLayout:
 
     version: int
     bases: dict[str, Path] = field(default_factory=dict)
-    # a hierarchy the caller itself is in, for keep_warm: (mount point, root of the mount,
-    # the line prefix of /proc/self/cgroup that names the caller's cgroup in it)
-    own: tuple[Path, str, str] | None = None
 
     @classmethod
     def detect(cls, mountinfo: str | None = None, proc_cgroup: str | None = None,
@@ -383,46 +362,16 @@ class CgroupLayout:
             rel = os.path.relpath(own, mount_root) if own.startswith(mount_root) else own
             return (mount / rel.lstrip("/")).resolve() if rel != "." else mount
 
-        own = None
-        if v2_mounts:
-            own = (v2_mounts[0][0], v2_mounts[0][1], "0::")
-        elif "pids" in v1_mounts:
-            own = (*v1_mounts["pids"], "pids")
         if "memory" in v1_mounts:
             bases = {c: under(m, r, own_v1.get(c, "/")) for c, (m, r) in v1_mounts.items()}
             if v2_mounts:
                 mount, root = v2_mounts[0]
                 bases[UNIFIED] = under(mount, root, own_v2)
-            return cls(version=1, bases=bases, own=own)
+            return cls(version=1, bases=bases)
         if v2_mounts:
             mount, root = v2_mounts[0]
-            return cls(version=2, bases={"v2": under(mount, root, own_v2)}, own=own)
+            return cls(version=2, bases={"v2": under(mount, root, own_v2)})
         raise DriverError("no usable cgroup hierarchy: neither cgroup v1 memory nor cgroup2 is mounted")
-
-    def keep_warm(self, stop: threading.Event, period: float = 0.003, limit: float = 5.0) -> None:
-        """Keep cgroup migrations cheap until ``stop`` is set (at most ``limit`` seconds).
-
-        Every migration takes the kernel's cgroup_threadgroup_rwsem for writing, and the first
-        one after a quiet moment waits for an RCU grace period first (~10 ms on these VMs);
-        writers that follow within a grace period do not. So a start begins with a no-op
-        migration (this process into the cgroup it is already in), repeated every ``period``,
-        and PID 1's real migration, some milliseconds later, finds the wait already done.
-        """
-        procs = _own_procs(self.own)
-        if procs is None:
-            return
-        deadline = time.monotonic() + limit
-        pid = str(os.getpid()).encode()
-        while not stop.is_set() and time.monotonic() < deadline:
-            try:  # plain syscalls: the GIL is released at once, the caller's thread runs on
-                fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, pid)
-                finally:
-                    os.close(fd)
-            except OSError:  # best effort: only speed is at stake
-                return
-            stop.wait(period)
 
     def group(self, relpath: str) -> Cgroup:
         """The cgroup ``relpath`` (e.g. "berth-dev/<uuid>") below our own cgroup."""
@@ -473,20 +422,6 @@ class CgroupLayout:
         """rmdir ``relpath`` in every hierarchy (must be empty); missing is fine."""
         for base in self.bases.values():
             _rmdir(base / relpath, time.monotonic() + 2)
-
-
-def _own_procs(own: tuple[Path, str, str] | None) -> str | None:
-    """The cgroup.procs file of this process's current cgroup in the hierarchy ``own`` (read
-    anew each time: writing to a cgroup it has since left would move it back)."""
-    if own is None:
-        return None
-    mount, mount_root, prefix = own
-    current = next((line.split(":", 2)[2] for line in
-                    Path("/proc/self/cgroup").read_text().splitlines()
-                    if line.startswith(prefix) or f":{prefix}:" in f":{line}"), None)
-    if current is None or not current.startswith(mount_root):
-        return None
-    return str(mount / os.path.relpath(current, mount_root) / "cgroup.procs")
 
 
 def _prefixes(relpath: str) -> list[str]:

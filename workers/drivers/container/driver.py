@@ -403,7 +403,7 @@ class ContainerDriver:
         plan = LaunchPlan(
             uuid=spec.uuid, paths=paths, image_rootfs=image,
             config=self._run_config(spec), hostname=spec.hostname,
-            root_uid=uid, cgroup=cgroup, layout=self.layout, limits=_limits(spec),
+            root_uid=uid, cgroup=cgroup, limits=_limits(spec),
             veth=veth_name(spec.uuid), bridge=spec.network.bridge or self.host.bridge,
             network=spec.network, network_group=str(spec.extra.get("network_group", spec.uuid)),
             host=self.host, shim=self.shim_path,

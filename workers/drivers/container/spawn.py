@@ -15,20 +15,20 @@ answer to a report. PID 1 does not wait for the disk to be cloned: the disk is m
 detached (fsmount, never in the host's mount table), prepared through /proc/self/fd, and its
 descriptor handed over. The protocol and the sequence diagram are in launch.c; in short:
 
-    caller: disk, rules (threads), cgroups, spawn           shim: clone PID 1, maps, image fd
+    caller: disk, rules (threads), cgroups, spawn           shim: clone PID 1 (which joins its
+                                                                    cgroups), maps, image fd
             <- "pid1 <pid>": veth, pid files, "N"
-            disk ready (thread): "W" + its fd                 shim: both fds to PID 1, PID 1
-                                                                    into its cgroups (v1); once
+            disk ready (thread): "W" + its fd                 shim: both fds to PID 1; once
                                                                     "N" is in, "X" (queued)
                                                               PID 1: mounts, pivot_root, pty,
             <- "root"                                                reads "X": caps, seccomp,
             <- "ready" (PID 1 exec'd, console served)                exec init
 
-On cgroup v1 the shim moves PID 1 into its cgroups (C, no GIL to wait for behind the other
-threads). The first migration after a quiet moment waits for an RCU grace period (the kernel's
-cgroup_threadgroup_rwsem, ~10 ms here); the caller starts that wait early with a no-op
-migration of itself (``CgroupLayout.keep_warm``), so PID 1's migration finds it done. On
-cgroup2 PID 1 is cloned straight into its cgroup (CLONE_INTO_CGROUP).
+PID 1 is born in its cgroup2 cgroup (CLONE_INTO_CGROUP: the "unified" one on hybrid cgroup-v1
+hosts) and joins its cgroup-v1 cgroups itself, first thing, by writing "0" to their ``tasks``
+files (opened by the shim as host root). Moving a pid through ``cgroup.procs`` instead would
+take the kernel's cgroup_threadgroup_rwsem for writing, whose first writer after a quiet moment
+waits for an RCU grace period (7-13 ms on these machines; LXC pays it at every start).
 
 If the caller dies midway, the shim reads EOF where it waits for a go-ahead and gives up; if the
 shim dies, PID 1 reads EOF on its socket and gives up too.
@@ -52,7 +52,7 @@ from pathlib import Path
 
 from workers.drivers.base import DriverError, HostConfig, NetworkSpec
 from workers.drivers.container import firewall, network, rootfs
-from workers.drivers.container.cgroups import Cgroup, CgroupLayout, Limits
+from workers.drivers.container.cgroups import Cgroup, Limits
 from workers.drivers.container.security import capability_mask, seccomp_program
 from workers.drivers.container.state import ContainerPaths, ProcRef
 from workers.images.base import ImageConfig
@@ -84,7 +84,6 @@ class LaunchPlan:
     hostname: str
     root_uid: int  # host uid/gid of the container's root
     cgroup: Cgroup
-    layout: CgroupLayout
     limits: Limits
     veth: str
     bridge: str
@@ -151,14 +150,12 @@ def launch(plan: LaunchPlan, timeout: float = 30.0) -> Launched:
     firewall.libnftables()  # loaded once per process
     # go-aheads, and the disk's mount descriptor (SCM_RIGHTS): a stream socket, read() by the shim
     go, go_r = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    warm = threading.Event()
     pool = _helpers()
     tasks: list[Future] = []
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(go_r.close)
         cleanup.callback(go.close)
         cleanup.callback(futures.wait, tasks)  # nothing of this start outlives it
-        cleanup.callback(warm.set)  # (callbacks run last to first)
         # first: the loop device and the mount wait longest for the kernel (RCU grace periods);
         # meanwhile the cgroups are made, the shim clones PID 1 and the veth is created
         preparing = pool.submit(_prepare_disk, plan, go)
@@ -167,11 +164,7 @@ def launch(plan: LaunchPlan, timeout: float = 30.0) -> Launched:
         guarding = pool.submit(firewall.add_port, plan.host, plan.veth, plan.network,
                                plan.network_group)
         tasks.append(guarding)
-        # creating a cgroup waits for the cgroup_mutex, which a migration holds during its RCU
-        # grace period: before keep_warm's first migration
         plan.cgroup.create(plan.limits)
-        if plan.cgroup.needs_migration():
-            tasks.append(pool.submit(plan.layout.keep_warm, warm))
         config_r, config_w = os.pipe()
         try:  # written before the shim starts: it reads it at once (well below a pipe's 64 KiB)
             os.write(config_w, plan.shim_config())

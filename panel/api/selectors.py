@@ -9,7 +9,15 @@ from rest_framework.exceptions import NotFound
 from panel.accounts.models import Customer
 from panel.api.models import ApiToken
 from panel.catalog.models import Image, Plan
+from panel.hosts.models import IpAddress
 from panel.instances.models import Instance, Operation
+
+# The columns ServiceSerializer reads: GET …/services/{id}/ loads only these (read_service).
+SERVICE_COLUMNS = (
+    "id", "uuid", "external_id", "customer", "kind", "plan", "image", "hostname", "state",
+    "host", "error", "suspended_reason", "created_at", "updated_at", "started_at",
+    "terminated_at", "app_command", "previous_image", "host__name", "customer__external_id",
+)
 
 
 def visible_services(token: ApiToken) -> QuerySet[Instance]:
@@ -25,6 +33,25 @@ def get_service(token: ApiToken, pk: int) -> Instance:
     instance = visible_services(token).filter(pk=pk).first()
     if instance is None:
         raise NotFound("No such service.")
+    return instance
+
+
+def read_service(token: ApiToken, pk: int) -> Instance:
+    """One service as GET shows it: the API's hottest path, where the ORM's work to build a
+    query costs more than PostgreSQL answering it. Only the serializer's columns, no ORDER BY,
+    and the addresses as plain values rather than a prefetch: half of get_service's time.
+    Not for changing the service (most of its columns are deferred)."""
+    qs = Instance.objects.select_related("host", "customer").only(*SERVICE_COLUMNS)
+    if not token.is_billing:
+        qs = qs.filter(customer_id=token.customer_id)
+    try:
+        instance = qs.get(pk=pk)
+    except Instance.DoesNotExist:
+        raise NotFound("No such service.") from None
+    instance.ipv4_loaded = list(  # what Instance.ipv4 would read, in its order
+        IpAddress.objects.filter(instance_id=pk).order_by("pool_id", "id")
+        .values_list("address", flat=True)
+    )
     return instance
 
 

@@ -238,7 +238,8 @@ class ServiceSerializer(serializers.Serializer):
 
     @extend_schema_field({"type": "array", "items": {"type": "string", "format": "ipv4"}})
     def get_ipv4(self, instance: Instance) -> list[str]:
-        return instance.ipv4
+        loaded = getattr(instance, "ipv4_loaded", None)  # selectors.read_service
+        return instance.ipv4 if loaded is None else loaded
 
 
 class ServiceOrderedSerializer(ServiceSerializer):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from panel.api.throttling import shared_cache
 from panel.instances.models import Instance
 
 pytestmark = pytest.mark.django_db
@@ -145,3 +146,13 @@ def test_rate_limits_are_per_token(api, customer_api, settings):
     assert api.get("/api/v1/plans/").status_code == 429
     assert customer_api.get("/api/v1/plans/").status_code == 200
 
+
+
+def test_rate_limit_counters_expire_with_their_window(api, settings):
+    settings.BERTH_API_RATE = "5/min"
+    assert api.get("/api/v1/plans/").status_code == 200
+    client = shared_cache()._cache.get_client(write=True)
+    keys = client.keys(shared_cache().make_and_validate_key("api-rate:*:60:*"))
+    assert keys, "no counter was written"
+    for key in keys:
+        assert 0 < client.ttl(key) <= 61  # never a counter that outlives its window

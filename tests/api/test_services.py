@@ -120,6 +120,17 @@ def test_get_returns_the_contract_fields(api, running):
     assert data["ipv4"] == running.ipv4 and data["host"] == running.host.name
 
 
+def test_get_shows_what_the_list_shows_in_two_queries(api, running, django_assert_num_queries):
+    """GET reads a lean copy of the service (selectors.read_service); it must not differ."""
+    running.customer.external_id = "cust-7"
+    running.customer.save()
+    listed = api.get(f"/api/v1/services/?external_id={running.external_id}").json()["results"]
+    with django_assert_num_queries(2):  # the service with its host and customer; its addresses
+        detail = api.get(f"/api/v1/services/{running.pk}/").json()
+    assert [detail] == listed
+    assert detail["ipv4"] and detail["host"] and detail["customer_external_id"] == "cust-7"
+
+
 def test_a_customer_token_sees_its_own_service_and_nobody_elses(customer_api, stranger_api, running):
     assert customer_api.get(f"/api/v1/services/{running.pk}/").status_code == 200
     assert customer_api.get("/api/v1/services/").json()["count"] == 1

@@ -87,7 +87,7 @@ class ServiceDetail(ApiView):
     @extend_schema(operation_id="services_retrieve", tags=TAGS, summary="One service",
                    responses=ServiceSerializer)
     def get(self, request, id: int):
-        return Response(ServiceSerializer(selectors.get_service(request.auth, id)).data)
+        return Response(ServiceSerializer(selectors.read_service(request.auth, id)).data)
 
 
 class ServiceAction(ApiView):

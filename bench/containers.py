@@ -13,8 +13,9 @@ that no run rides on the previous one's warm kernel state):
 * Memory: PSS and RSS of Berth's shim with 1 and with ``--scale`` (default 100) containers,
   against LXC's monitor.
 
-The "order through the API → running seen by a WebSocket" row is the panel's: pass it in
-``extra_rows`` (name → callable returning seconds) when calling ``main``.
+* Order through the billing API → ``running`` seen by the customer's ``/ws/events/``
+  WebSocket: the whole panel (web server, panel worker, a host's worker and agent:
+  ``bench/order_flow.py``) on this machine, after the rows above, one untimed order first.
 
 ``--phases`` prints instead where one create's time goes: the median moment (ms after the
 call) at which each step of the start begins and ends, and the shim's reports arrive.
@@ -200,8 +201,7 @@ def stats(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), p95
 
 
-def main(runs: int = 20, idle: float = 0.3, scale: int = 100,
-         extra_rows: dict[str, Callable[[], float]] | None = None) -> None:
+def main(runs: int = 20, idle: float = 0.3, scale: int = 100) -> None:
     if os.geteuid() != 0:
         raise SystemExit("run as root")
     ROOT.mkdir(parents=True, exist_ok=True)
@@ -230,8 +230,6 @@ def main(runs: int = 20, idle: float = 0.3, scale: int = 100,
                 lxc.stop()
             record("unshare … chroot → first output (floor)",
                    functools.partial(unshare_to_output, bench.image.rootfs))
-            for name, measure in (extra_rows or {}).items():
-                record(name, measure)
 
         _, first = bench.create_to_output()
         time.sleep(0.5)
@@ -262,6 +260,8 @@ def main(runs: int = 20, idle: float = 0.3, scale: int = 100,
             lxc.close()
         shutil.rmtree(ROOT, ignore_errors=True)
 
+    rows["order via API → running on /ws/events/"] = [s * 1000 for s in order_to_running(runs, idle)]
+
     width = max(len(name) for name in rows) + 2
     print(f"\n{'ms, ' + str(runs) + ' runs':{width}} {'median':>8} {'p95':>8}")
     for name, samples in rows.items():
@@ -270,6 +270,27 @@ def main(runs: int = 20, idle: float = 0.3, scale: int = 100,
     print()
     for name, value in memory:
         print(f"{name:{width}} {value}")
+
+
+def order_to_running(runs: int, idle: float) -> list[float]:
+    """Seconds from an order through the billing API to ``running`` on the customer's
+    /ws/events/ socket, with the whole panel running (bench/order_flow.py)."""
+    from bench.order_flow import ROOT as LIVE_ROOT
+    from bench.order_flow import LiveBerth
+
+    LIVE_ROOT.mkdir(parents=True, exist_ok=True)
+    image_dir = LIVE_ROOT / f"ct-images-{secrets.token_hex(3)}"
+    try:
+        build_busybox(image_dir, lambda _msg: None)
+        with LiveBerth(image_dir) as berth:
+            berth.order_container_to_running()  # untimed: workers' first task, imports
+            samples = []
+            for _ in range(runs):
+                time.sleep(idle)
+                samples.append(berth.order_container_to_running())
+            return samples
+    finally:
+        shutil.rmtree(image_dir, ignore_errors=True)
 
 
 def phases(runs: int = 20, idle: float = 0.3) -> None:

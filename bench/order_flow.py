@@ -1,9 +1,16 @@
-"""The panel's side of the VM benchmark: a live Berth and a VM ordered through the billing API.
+"""The panel's side of the benchmarks: a live Berth and instances ordered through the billing API.
 
 ``LiveBerth`` starts what ``make run`` starts for one host — uvicorn (HTTP + WebSockets), the
 panel worker, and a throwaway host's worker and agent — against a database of its own
-(``berth_bench_vm``, recreated and migrated), with a billing token, a customer, a ``vm`` plan
-and the ``tiny`` image. ``order_vm_to_prompt`` is what a billing system's customer waits for:
+(``berth_bench_vm``, recreated and migrated), with a billing token, a customer (logged in: a
+session for ``/ws/events/``), and for each image found in the image directory a plan and the
+image: ``tiny`` (a ``vm`` plan), ``busybox`` (a ``container`` plan).
+
+``order_container_to_running`` (the container bench's "order → running" row, see
+``bench/containers.py``): the customer's ``/ws/events/`` socket is open, as the panel's pages
+keep it; ``POST /api/v1/services/`` → the ``instance.state`` event saying ``running`` on it.
+
+``order_vm_to_prompt`` is what a billing system's customer waits for:
 ``POST /api/v1/services/`` → the service running (``GET`` polled every 20 ms) → a console
 ticket → the guest's shell prompt on the console WebSocket. The VM is terminated afterwards
 (untimed). Used by ``bench/vms.py`` (the "order via API → prompt" row); alone:
@@ -14,6 +21,7 @@ ticket → the guest's shell prompt on the console WebSocket. The VM is terminat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -96,7 +104,7 @@ class LiveBerth:
             self._database()
             self.rows = self._seed()
             self._start_processes()
-            self._wait_for_vms()
+            self._wait_for_host()
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -143,16 +151,32 @@ class LiveBerth:
         register_host(name=self.host_env["BERTH_HOST_NAME"], network=self.network,
                       bridge=self.host_env["BERTH_BRIDGE"], state_dir=self.host_env["BERTH_STATE_DIR"],
                       uid_base=int(self.host_env["BERTH_UID_BASE"]), uid_slots=64)
-        meta = json.loads((Path(self.env["BERTH_IMAGE_DIR"]) / "tiny" / "metadata.json").read_text())
-        plan = Plan.objects.create(name="bench-vm", kind="vm", vcpus=1, memory_mib=256, disk_gib=1)
-        image = Image.objects.create(name="tiny", kind="vm", path="tiny", checksum=meta["checksum"],
-                                     size_bytes=meta["size_bytes"])
+        from django.conf import settings
+        from django.test import Client
+
+        images = Path(self.env["BERTH_IMAGE_DIR"])
         user = get_user_model().objects.create_user("bench-vm", "bench-vm@example.com")
         customer = Customer.objects.create(user=user, external_id="bench-vm", max_instances=1000,
                                            max_vcpus=1000, max_memory_mib=10**7)
-        key = create_token(name="bench", scope="billing")[1]
-        rows: dict[str, object] = {"key": key, "plan": plan.pk, "image": image.pk,
-                                   "customer": customer.pk}
+        browser = Client()
+        browser.force_login(user)
+        rows: dict[str, object] = {
+            "key": create_token(name="bench", scope="billing")[1], "customer": customer.pk,
+            "session": f"{settings.SESSION_COOKIE_NAME}="
+                       f"{browser.cookies[settings.SESSION_COOKIE_NAME].value}",
+        }
+        if (images / "tiny" / "metadata.json").exists():
+            meta = json.loads((images / "tiny" / "metadata.json").read_text())
+            rows["plan"] = Plan.objects.create(name="bench-vm", kind="vm", vcpus=1, memory_mib=256,
+                                               disk_gib=1).pk
+            rows["image"] = Image.objects.create(name="tiny", kind="vm", path="tiny",
+                                                 checksum=meta["checksum"],
+                                                 size_bytes=meta["size_bytes"]).pk
+        if (images / "busybox").is_dir():
+            rows["ct_plan"] = Plan.objects.create(name="bench-ct", kind="container", vcpus=1,
+                                                  memory_mib=128, disk_gib=1).pk
+            rows["ct_image"] = Image.objects.create(name="busybox", kind="container",
+                                                    path="busybox").pk
         connections.close_all()
         return rows
 
@@ -186,23 +210,38 @@ class LiveBerth:
                     raise RuntimeError(f"the web server did not start: {self.logs('web')}") from None
                 time.sleep(0.2)
 
-    def _wait_for_vms(self, timeout: float = 60) -> None:
-        """Until the host's agent has said (by heartbeat) that it runs VMs."""
+    def _wait_for_host(self, timeout: float = 60) -> None:
+        """Until the host's agent has said (by heartbeat) that it runs what was seeded."""
         from panel.hosts.models import Host
 
+        wanted = {"name": self.host_env["BERTH_HOST_NAME"], "status": Host.Status.ONLINE}
+        if "plan" in self.rows:
+            wanted["supports_vms"] = True
+        if "ct_plan" in self.rows:
+            wanted["supports_containers"] = True
         deadline = time.monotonic() + timeout
-        while not Host.objects.filter(name=self.host_env["BERTH_HOST_NAME"], supports_vms=True).exists():
+        while not Host.objects.filter(**wanted).exists():
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the host never offered VMs: {self.logs('agent')}")
+                raise RuntimeError(f"the host never offered {wanted}: {self.logs('agent')}")
             time.sleep(0.2)
 
     def _sweep_host(self) -> None:
-        """Whatever a failed run left on the host: domains, files, the bridge."""
+        """Whatever a failed run left on the host: containers, domains, files, the bridge."""
         from workers.config import load_host_settings
+        from workers.drivers.base import DriverError, ImageSpec, InstanceSpec, NetworkSpec
+        from workers.drivers.container import ContainerDriver
         from workers.drivers.vm.driver import VmDriver
         from workers.drivers.vm.storage import InstanceFiles
 
         host = load_host_settings(self.host_env).host
+        containers = ContainerDriver(host)
+        for status in containers.list_instances():
+            containers.destroy(InstanceSpec(  # destroy reads only the uuid
+                uuid=status.uuid, kind="container", hostname="gone", vcpus=1, memory_mib=64,
+                disk_gib=1, image=ImageSpec(name="", path=""),
+                network=NetworkSpec("0.0.0.0", 24, "0.0.0.0", "02:00:00:00:00:00", "")))
+        with contextlib.suppress(DriverError):
+            containers.teardown_host()
         driver = VmDriver(host)
         try:
             for status in driver.list_instances():
@@ -240,6 +279,36 @@ class LiveBerth:
                 raise RuntimeError(f"service {service_id} is not {state}: {status} {service}\n"
                                    f"{self.logs('host-worker')}\n{self.logs('agent')}")
             time.sleep(POLL)
+
+    def order_container_to_running(self, timeout: float = 30) -> float:
+        """Seconds from POST /api/v1/services/ to ``running`` on the customer's /ws/events/."""
+        self.serial += 1
+        ws_url = self.url.replace("http://", "ws://") + "ws/events/"
+        with connect(ws_url, origin=self.url.rstrip("/"), open_timeout=10,
+                     additional_headers={"Cookie": str(self.rows["session"])}) as ws:
+            hello = json.loads(ws.recv(timeout=10))
+            if hello.get("type") != "hello":
+                raise RuntimeError(f"/ws/events/ did not start with hello: {hello}")
+            t0 = time.perf_counter()
+            status, service = self.api("POST", "/api/v1/services/", {
+                "external_id": f"bench-{secrets.token_hex(4)}", "customer": self.rows["customer"],
+                "plan": self.rows["ct_plan"], "image": self.rows["ct_image"],
+                "hostname": f"ct-{self.serial}"})
+            if status != 202:
+                raise RuntimeError(f"order refused: {status} {service}")
+            try:
+                while True:
+                    left = timeout - (time.perf_counter() - t0)
+                    event = json.loads(ws.recv(timeout=max(0.1, left)))
+                    if event.get("type") != "instance.state" or event["instance"]["id"] != service["id"]:
+                        continue
+                    if event["instance"]["state"] == "running":
+                        return time.perf_counter() - t0
+                    if event["instance"]["state"] == "error":
+                        raise RuntimeError(f"the order failed: {event}\n{self.logs('host-worker')}")
+            finally:
+                self.api("POST", f"/api/v1/services/{service['id']}/terminate")
+                self._wait_state(service["id"], "terminated", 60)
 
     def order_vm_to_prompt(self, timeout: float = 120) -> float:
         """Seconds from POST /api/v1/services/ to the guest's shell prompt on the console."""

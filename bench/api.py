@@ -106,19 +106,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(server: str, port: int, workers: int, threads: int = 8) -> list[str]:
+def server_command(server: str, port: int, workers: int, threads: int = 8,
+                   reuse_port: bool = True) -> list[str]:
     """uvicorn serves HTTP and WebSockets (ASGI); gunicorn serves plain HTTP through WSGI, as in
     the production layout (deploy/), where nginx sends /ws/ to uvicorn and the rest to gunicorn."""
     if server == "gunicorn":
         return [str(VENV_BIN / "gunicorn"), "panel.wsgi:application", "--bind", f"127.0.0.1:{port}",
                 "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
-                "--keep-alive", "75", "--log-level", "warning"]
+                "--keep-alive", "75", *(["--reuse-port"] if reuse_port else []), "--log-level", "warning"]
     return [str(VENV_BIN / "uvicorn"), "panel.asgi:application", "--host", "127.0.0.1", "--port", str(port),
             "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
 
 
-def start_server(server: str, port: int, workers: int, threads: int = 8) -> subprocess.Popen:
-    proc = subprocess.Popen(server_command(server, port, workers, threads), cwd=REPO, env=ENV, start_new_session=True)
+def start_server(server: str, port: int, workers: int, threads: int = 8,
+                 reuse_port: bool = True) -> subprocess.Popen:
+    proc = subprocess.Popen(server_command(server, port, workers, threads, reuse_port), cwd=REPO, env=ENV, start_new_session=True)
     import urllib.request
 
     deadline = time.monotonic() + 30
@@ -265,6 +267,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4,
                         help="web server worker processes (default 2 x cores, gunicorn's usual advice)")
     parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker")
+    parser.add_argument("--reuse-port", action=argparse.BooleanOptionalAction, default=True,
+                        help="a listening socket per gunicorn worker (the kernel spreads connections)")
     parser.add_argument("--server", choices=("gunicorn", "uvicorn"), default="gunicorn",
                         help="gunicorn (WSGI, the production HTTP server) or uvicorn (ASGI)")
     args = parser.parse_args()
@@ -273,7 +277,7 @@ def main() -> None:
     recreate_database()
     rows = seed(args.services)
     port = free_port()
-    server = start_server(args.server, port, args.workers, args.threads)
+    server = start_server(args.server, port, args.workers, args.threads, args.reuse_port)
     print(f"{' '.join(server_command(args.server, port, args.workers)[:2])} on 127.0.0.1:{port}, "
           f"{args.workers} workers, {os.cpu_count()} CPUs")
     print(f"machine: {machine_speed()}")

@@ -211,8 +211,8 @@ async def fixed_rate(port: int, make_request, *, rate: float, seconds: float, co
 
 
 def machine_speed() -> str:
-    """How fast this machine is right now: the same shared 2 vCPUs give very different figures
-    from one hour to the next, and this line says which kind of hour a run had."""
+    """How fast one core of this shared machine is right now, printed beside the figures. A
+    hint only: runs with the same figure here still gave p99s from 13 to 240 ms."""
     import timeit
 
     best = min(timeit.repeat("sum(range(1_000_000))", number=5, repeat=5)) / 5 * 1000

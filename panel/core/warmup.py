@@ -22,9 +22,7 @@ from django.urls import get_resolver
 
 
 def prepare_process() -> None:
-    resolver = get_resolver()
-    resolver.resolve("/api/v1/")  # imports every URLconf and view module
-    _ = resolver.reverse_dict  # builds the reverse lookup tables
+    _ = get_resolver().reverse_dict  # walks every URLconf (importing its views): reverse tables
     get_template("base.html")  # the template engines and their loaders
     gc.collect()
     gc.freeze()

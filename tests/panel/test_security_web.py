@@ -8,6 +8,7 @@ in a subprocess with ``BERTH_MODE=production``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -153,8 +154,13 @@ def test_state_changing_forms_need_the_csrf_token(customer, plan, image, host, s
 
 # --- the login throttle -----------------------------------------------------------------------
 
+_next_address = itertools.count(secrets.randbelow(250))
+
+
 def _address() -> str:
-    return f"198.51.100.{secrets.randbelow(250) + 1}"
+    """A client address no other call in this run returns (a random start: none that a
+    previous run's throttle may still remember either)."""
+    return f"198.51.100.{next(_next_address) % 250 + 1}"
 
 
 def _login(username: str, password: str, address: str, path: str = "/login/", **extra):

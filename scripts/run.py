@@ -20,6 +20,7 @@ import contextlib
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -155,10 +156,14 @@ def main() -> int:
     for i, proc in enumerate(procs):
         proc.start()
         sel.register(proc.popen.stdout, selectors.EVENT_READ, (proc, COLORS[i % len(COLORS)]))
-    print(f"\nBerth is running: http://127.0.0.1:{port}/  (Ctrl-C stops everything)\n", flush=True)
+    announced = False  # the address is printed once the web server answers, not before
 
     exit_code = 0
     while not stopping:
+        if not announced and _accepts(port):
+            print(f"\nBerth is running: http://127.0.0.1:{port}/  (Ctrl-C stops everything)\n",
+                  flush=True)
+            announced = True
         for key, _ in sel.select(timeout=0.5):
             proc, color = key.data
             line = key.fileobj.readline()
@@ -187,6 +192,12 @@ def main() -> int:
     shutdown_hosts(envs)
     print("Berth stopped.", flush=True)
     return exit_code
+
+
+def _accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        return True
+    return False
 
 
 if __name__ == "__main__":

@@ -298,8 +298,9 @@ def restore_unacked(sender=None, **kwargs) -> None:
 
 
 @app.task(name="berth.host.reconcile")
-def reconcile() -> None:
-    """Tell the panel what really exists on this host, for it to compare with its records."""
+def reconcile(requested_at: str | None = None) -> None:
+    """Tell the panel what really exists on this host, for it to compare with its records.
+    ``requested_at`` (the panel's clock) goes back with the report: the listing is younger."""
     seen: list[dict[str, Any]] = []
     for kind in KINDS:
         driver = get_driver(kind, HOST)
@@ -316,7 +317,8 @@ def reconcile() -> None:
             if kind == "container" and status.state == PowerState.RUNNING:
                 item["problems"] = _container_problems(status.uuid)
             seen.append(item)
-    report("berth.panel.reconcile_report", host_name=HOST.name, instances=seen)
+    report("berth.panel.reconcile_report", host_name=HOST.name, instances=seen,
+           requested_at=requested_at)
 
 
 def _container_problems(uuid: str) -> list[str]:

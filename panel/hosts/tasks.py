@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 from celery import shared_task
+from django.utils import timezone
 
 from panel.core.retry import DATABASE_ERRORS, DATABASE_RETRY
 from panel.hosts import credentials, services
@@ -34,8 +35,11 @@ def expire_heartbeats() -> list[str]:
 def reconcile_hosts() -> None:
     from panel.celery import app  # noqa: PLC0415
 
+    # The host lists what it runs after this moment; the panel applies its report only to
+    # instances unchanged since (reconcile.py): not to one an operation settled meanwhile.
+    requested_at = timezone.now().isoformat()
     for host in Host.objects.filter(status=Host.Status.ONLINE):
-        app.send_task("berth.host.reconcile", queue=host.queue)
+        app.send_task("berth.host.reconcile", kwargs={"requested_at": requested_at}, queue=host.queue)
 
 
 @shared_task(name="berth.panel.sync_host_credentials")

@@ -7,6 +7,7 @@ describe the past, and the next reconcile (every 30 s) observes afresh.
 """
 
 import logging
+from datetime import datetime
 
 from celery import shared_task
 
@@ -48,11 +49,16 @@ def reap_stale_operations() -> int:
 
 
 @shared_task(name="berth.panel.reconcile_report")
-def reconcile_report(host_name: str, instances: list[dict[str, str]]) -> list[str]:
+def reconcile_report(host_name: str, instances: list[dict[str, str]],
+                     requested_at: str | None = None) -> list[str]:
     from panel.instances.services.reconcile import reconcile_host  # noqa: PLC0415
 
     try:
-        return reconcile_host(host_name=host_name, instances=instances)
+        listed_after = datetime.fromisoformat(requested_at) if requested_at else None
+    except (TypeError, ValueError):
+        listed_after = None
+    try:
+        return reconcile_host(host_name=host_name, instances=instances, listed_after=listed_after)
     except DATABASE_ERRORS as exc:
         logger.warning("reconcile report of %s dropped, the database is unreachable: %s", host_name, exc)
         return []

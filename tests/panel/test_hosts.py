@@ -133,3 +133,23 @@ def test_enrolment_refuses_clashes_with_a_clear_message(host, kwargs, field, mes
 
 def test_uid_base_suggestion_clears_every_host(host):
     assert services.suggest_uid_base() == host.uid_base + host.uid_slots * 65536
+
+
+def test_a_reconcile_listed_before_an_instance_settled_leaves_it_alone(customer, plan, image, host):
+    """A host lists its instances while a create runs; its report arrives after the create has
+    finished. The new container, missing from that older listing, is not "gone"."""
+    from panel.instances.services import results
+    from panel.instances.tasks import reconcile_report
+
+    asked = timezone.now()
+    instance = order_instance(customer=customer, plan=plan, image=image, hostname="fresh")
+    operation = instance.operations.get()
+    results.record_operation_started(operation.pk)
+    results.record_operation_finished(operation.pk, ok=True, power_state="running")
+    reconcile_report(host.name, [], requested_at=asked.isoformat())
+    instance.refresh_from_db()
+    assert instance.state == "running"
+    # a listing made after it settled is believed
+    reconcile_report(host.name, [], requested_at=timezone.now().isoformat())
+    instance.refresh_from_db()
+    assert instance.state == "error" and "no longer on its host" in instance.error

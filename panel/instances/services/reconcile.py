@@ -9,6 +9,8 @@ facts, never deleted.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db import transaction
 
 from panel.audit import services as audit
@@ -20,8 +22,13 @@ from panel.instances.services.results import record_power_state
 SETTLED = (InstanceState.RUNNING, InstanceState.STOPPED, InstanceState.REBOOTING, InstanceState.ERROR)
 
 
-def reconcile_host(*, host_name: str, instances: list[dict]) -> list[str]:
-    """Apply one host's report; returns the uuids of orphans (on the host, unknown here)."""
+def reconcile_host(*, host_name: str, instances: list[dict],
+                   listed_after: datetime | None = None) -> list[str]:
+    """Apply one host's report; returns the uuids of orphans (on the host, unknown here).
+
+    ``listed_after``: the host listed its instances after this moment (the panel's clock, when
+    it asked). An instance that changed since then is left to the next report: the listing may
+    predate it (a container created while the host listed would otherwise be "absent")."""
     host = Host.objects.filter(name=host_name).first()
     if host is None:
         return []
@@ -39,6 +46,7 @@ def reconcile_host(*, host_name: str, instances: list[dict]) -> list[str]:
             power_state=power,
             reason="Reconcile: the instance is no longer on its host." if power == "absent"
             else f"Reconcile: the host reports it {power}.",
+            unchanged_since=listed_after,
         )
     _record_config_drift(host, {item["uuid"]: item for item in instances if "vcpus" in item})
     _record_missing_pieces(host, {item["uuid"]: item["problems"] for item in instances

@@ -5,6 +5,7 @@ nothing the first one did not."""
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
@@ -163,9 +164,11 @@ def _apply_failure(operation: Operation, instance: Instance, power_state: str | 
         transition(instance.pk, observed)
 
 
-def record_power_state(*, host_name: str, uuid: str, power_state: str, reason: str = "") -> None:
+def record_power_state(*, host_name: str, uuid: str, power_state: str, reason: str = "",
+                       unchanged_since: datetime | None = None) -> None:
     """The host saw an instance change state without an operation (crash, poweroff inside,
-    killed or removed behind Berth's back)."""
+    killed or removed behind Berth's back). ``unchanged_since``: when the host looked; an
+    instance changed after it is left alone (what the host saw may predate the change)."""
     from panel.instances.services.actions import active_operation  # noqa: PLC0415 (cycle)
 
     with transaction.atomic():
@@ -176,6 +179,8 @@ def record_power_state(*, host_name: str, uuid: str, power_state: str, reason: s
             .first()
         )
         if instance is None or active_operation(instance) is not None:
+            return
+        if unchanged_since is not None and instance.updated_at > unchanged_since:
             return
         if power_state == "absent":
             target, why = S.ERROR, reason or "The instance disappeared from its host."

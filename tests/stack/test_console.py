@@ -20,6 +20,7 @@ import redis
 from django.conf import settings
 from websockets.sync.client import connect
 
+from panel.hosts.tasks import reconcile_hosts
 from panel.instances.models import Instance
 from panel.instances.services.ordering import order_instance
 from tests.factories import CustomerFactory, UserFactory
@@ -181,6 +182,7 @@ def console(stack):
     # Remove the containers and let the panel take in the agent's reports before the test
     # database is flushed: a report applied during the flush can deadlock with it.
     destroy_instances(stack)
+    reconcile_hosts()  # in case the agent (restarted by some of these tests) missed the deaths
     _wait_until(lambda: not Instance.objects.filter(host__name=stack.host_name, state="running").exists(),
                 15, "the panel did not take in the removed containers")
 

@@ -1,10 +1,10 @@
 """Billing API benchmark: GET a service, and create services, against PostgreSQL through the
-real web server (gunicorn gthread on panel.wsgi by default, or uvicorn on panel.asgi with
-``--server uvicorn``), each at a fixed request rate for a fixed
-time (open loop: latency counts from when a request was due, so a stall is not hidden).
+real web server (granian on panel.wsgi as deploy/systemd/berth-web.service runs it, or uvicorn
+on panel.asgi with ``--server uvicorn``), each at a fixed request rate for a fixed time (open
+loop: latency counts from when a request was due, so a stall is not hidden).
 
     .venv/bin/python bench/api.py [--get-rate 200] [--get-seconds 20] [--create-rate 20]
-                                  [--create-seconds 10] [--workers 4]
+                                  [--create-seconds 10] [--workers 2] [--threads 4]
 
 It uses its own database (berth_bench, recreated and migrated each run), seeds a customer, a
 billing token, a fake online host and some services (rows only: no host runs anything), and
@@ -106,21 +106,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(server: str, port: int, workers: int, threads: int = 8,
-                   reuse_port: bool = True) -> list[str]:
-    """uvicorn serves HTTP and WebSockets (ASGI); gunicorn serves plain HTTP through WSGI, as in
-    the production layout (deploy/), where nginx sends /ws/ to uvicorn and the rest to gunicorn."""
-    if server == "gunicorn":
-        return [str(VENV_BIN / "gunicorn"), "panel.wsgi:application", "--bind", f"127.0.0.1:{port}",
-                "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
-                "--keep-alive", "75", *(["--reuse-port"] if reuse_port else []), "--log-level", "warning"]
+def server_command(server: str, port: int, workers: int, threads: int) -> list[str]:
+    """granian serves plain HTTP through WSGI, as in the production layout (deploy/), where nginx
+    sends /ws/ to uvicorn and the rest to granian; uvicorn serves HTTP and WebSockets (ASGI)."""
+    if server == "granian":
+        return [str(VENV_BIN / "granian"), "--interface", "wsgi", "panel.wsgi:application",
+                "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+                "--blocking-threads", str(threads), "--no-ws", "--log-level", "warning"]
     return [str(VENV_BIN / "uvicorn"), "panel.asgi:application", "--host", "127.0.0.1", "--port", str(port),
             "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
 
 
-def start_server(server: str, port: int, workers: int, threads: int = 8,
-                 reuse_port: bool = True) -> subprocess.Popen:
-    proc = subprocess.Popen(server_command(server, port, workers, threads, reuse_port), cwd=REPO, env=ENV, start_new_session=True)
+def start_server(server: str, port: int, workers: int, threads: int) -> subprocess.Popen:
+    proc = subprocess.Popen(server_command(server, port, workers, threads), cwd=REPO, env=ENV,
+                            start_new_session=True)
     import urllib.request
 
     deadline = time.monotonic() + 30
@@ -264,22 +263,20 @@ def main() -> None:
     parser.add_argument("--create-rate", type=float, default=20)
     parser.add_argument("--create-seconds", type=float, default=10)
     parser.add_argument("--services", type=int, default=200, help="services seeded for the GETs")
-    parser.add_argument("--workers", type=int, default=4,
-                        help="web server worker processes (default 2 x cores, gunicorn's usual advice)")
-    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker")
-    parser.add_argument("--reuse-port", action=argparse.BooleanOptionalAction, default=True,
-                        help="a listening socket per gunicorn worker (the kernel spreads connections)")
-    parser.add_argument("--server", choices=("gunicorn", "uvicorn"), default="gunicorn",
-                        help="gunicorn (WSGI, the production HTTP server) or uvicorn (ASGI)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="web server worker processes (default: one per core, as deploy/ runs it)")
+    parser.add_argument("--threads", type=int, default=4, help="granian blocking threads per worker")
+    parser.add_argument("--server", choices=("granian", "uvicorn"), default="granian",
+                        help="granian (WSGI, the production HTTP server) or uvicorn (ASGI)")
     args = parser.parse_args()
 
     print(f"database {DB_NAME}: recreating and migrating …")
     recreate_database()
     rows = seed(args.services)
     port = free_port()
-    server = start_server(args.server, port, args.workers, args.threads, args.reuse_port)
-    print(f"{' '.join(server_command(args.server, port, args.workers)[:2])} on 127.0.0.1:{port}, "
-          f"{args.workers} workers, {os.cpu_count()} CPUs")
+    server = start_server(args.server, port, args.workers, args.threads)
+    print(f"{args.server} on 127.0.0.1:{port}, {args.workers} workers × {args.threads} threads, "
+          f"{os.cpu_count()} CPUs")
     print(f"machine: {machine_speed()}")
     try:
         asyncio.run(run(args, port, rows))

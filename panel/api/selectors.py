@@ -3,20 +3,24 @@ only its own. Anything else is "not found", never "forbidden" (no existence leak
 
 from __future__ import annotations
 
+import functools
+
+from django.db import connection
 from django.db.models import QuerySet
 from rest_framework.exceptions import NotFound
 
 from panel.accounts.models import Customer
 from panel.api.models import ApiToken
 from panel.catalog.models import Image, Plan
-from panel.hosts.models import IpAddress
+from panel.hosts.models import Host, IpAddress
 from panel.instances.models import Instance, Operation
 
-# The columns ServiceSerializer reads: GET …/services/{id}/ loads only these (read_service).
-SERVICE_COLUMNS = (
-    "id", "uuid", "external_id", "customer", "kind", "plan", "image", "hostname", "state",
-    "host", "error", "suspended_reason", "created_at", "updated_at", "started_at",
-    "terminated_at", "app_command", "previous_image", "host__name", "customer__external_id",
+# The service's own columns that ServiceSerializer reads; read_service loads only these, with
+# its host's name and its customer's external id.
+SERVICE_FIELDS = (
+    "id", "uuid", "external_id", "customer", "kind", "plan", "image", "hostname", "state", "host",
+    "error", "suspended_reason", "created_at", "updated_at", "started_at", "terminated_at",
+    "app_command", "previous_image",
 )
 
 
@@ -36,22 +40,43 @@ def get_service(token: ApiToken, pk: int) -> Instance:
     return instance
 
 
-def read_service(token: ApiToken, pk: int) -> Instance:
-    """One service as GET shows it: the API's hottest path, where the ORM's work to build a
-    query costs more than PostgreSQL answering it. Only the serializer's columns, no ORDER BY,
-    and the addresses as plain values rather than a prefetch: half of get_service's time.
-    Not for changing the service (most of its columns are deferred)."""
-    qs = Instance.objects.select_related("host", "customer").only(*SERVICE_COLUMNS)
-    if not token.is_billing:
-        qs = qs.filter(customer_id=token.customer_id)
-    try:
-        instance = qs.get(pk=pk)
-    except Instance.DoesNotExist:
-        raise NotFound("No such service.") from None
-    instance.ipv4_loaded = list(  # what Instance.ipv4 would read, in its order
-        IpAddress.objects.filter(instance_id=pk).order_by("pool_id", "id")
-        .values_list("address", flat=True)
+@functools.cache
+def _read_service_sql(for_customer: bool) -> str:
+    q = connection.ops.quote_name
+    columns = ", ".join(f"i.{q(Instance._meta.get_field(name).column)}" for name in SERVICE_FIELDS)
+    sql = (
+        f"SELECT {columns}, h.{q('name')} AS host_name, c.{q('external_id')} AS customer_external_id,"
+        f" a.{q('address')} AS ipv4_address"
+        f" FROM {q(Instance._meta.db_table)} i"
+        f" INNER JOIN {q(Customer._meta.db_table)} c ON c.{q('id')} = i.{q('customer_id')}"
+        f" LEFT OUTER JOIN {q(Host._meta.db_table)} h ON h.{q('id')} = i.{q('host_id')}"
+        f" LEFT OUTER JOIN {q(IpAddress._meta.db_table)} a ON a.{q('instance_id')} = i.{q('id')}"
+        f" WHERE i.{q('id')} = %s"
     )
+    if for_customer:
+        sql += f" AND i.{q('customer_id')} = %s"
+    return sql + f" ORDER BY a.{q('pool_id')}, a.{q('id')}"  # as Instance.ipv4 reads them
+
+
+def read_service(token: ApiToken, pk: int) -> Instance:
+    """One service as GET shows it: the API's hottest path. Built by the ORM, its two queries
+    took 3 ms of a request's 8 ms of CPU on these cores, more than anything else; written out
+    once, here, as one query (a row per address), 0.6 ms. The service comes back as
+    select_related(...).only(...) would return it: its host and customer loaded with the one
+    column the serializer reads, the rest deferred; its addresses as plain values
+    (``ipv4_loaded``). Not for changing the service (most of its columns are deferred)."""
+    params = [pk] if token.is_billing else [pk, token.customer_id]
+    rows = Instance.objects.raw(_read_service_sql(not token.is_billing), params)
+    found = list(rows)  # one row per address (one, with none, when it holds none)
+    if not found:
+        raise NotFound("No such service.")
+    instance = found[0]
+    instance.ipv4_loaded = [row.ipv4_address for row in found if row.ipv4_address is not None]
+    db = rows.db
+    instance.customer = Customer.from_db(db, ["id", "external_id"],
+                                         [instance.customer_id, instance.customer_external_id])
+    if instance.host_id is not None:
+        instance.host = Host.from_db(db, ["id", "name"], [instance.host_id, instance.host_name])
     return instance
 
 

@@ -198,6 +198,13 @@ class ServiceCreateSerializer(serializers.Serializer):
             raise serializers.ValidationError(exc.messages) from None
 
 
+_DATETIME = serializers.DateTimeField()  # its to_representation reads no state of its own
+
+
+def _datetime(value) -> str | None:
+    return None if value is None else _DATETIME.to_representation(value)
+
+
 class ServiceSerializer(serializers.Serializer):
     """A service as GET returns it. Declared field by field rather than a ModelSerializer:
     building a ModelSerializer's fields from the model costs ~1 ms per request on this path."""
@@ -241,6 +248,33 @@ class ServiceSerializer(serializers.Serializer):
         loaded = getattr(instance, "ipv4_loaded", None)  # selectors.read_service
         return instance.ipv4 if loaded is None else loaded
 
+    def to_representation(self, instance: Instance) -> dict:
+        """What DRF's field-by-field to_representation returns (a test holds the two equal),
+        spelled out: DRF first deep-copies the 21 declared fields for every service it shows,
+        which cost more than reading the service from the database."""
+        return {
+            "id": instance.id,
+            "uuid": instance.uuid.hex,
+            "external_id": instance.external_id,
+            "customer": instance.customer_id,
+            "customer_external_id": instance.customer.external_id,
+            "kind": instance.kind,
+            "plan": instance.plan_id,
+            "image": instance.image_id,
+            "hostname": instance.hostname,
+            "state": instance.state,
+            "host": self.get_host(instance),
+            "ipv4": self.get_ipv4(instance),
+            "error": instance.error,
+            "suspended_reason": instance.suspended_reason,
+            "created_at": _datetime(instance.created_at),
+            "updated_at": _datetime(instance.updated_at),
+            "started_at": _datetime(instance.started_at),
+            "terminated_at": _datetime(instance.terminated_at),
+            "command": None if instance.app_command is None else [str(arg) for arg in instance.app_command],
+            "previous_image": instance.previous_image_id,
+        }
+
 
 class ServiceOrderedSerializer(ServiceSerializer):
     operation = serializers.SerializerMethodField(
@@ -250,6 +284,9 @@ class ServiceOrderedSerializer(ServiceSerializer):
     @extend_schema_field(OpenApiTypes.INT)
     def get_operation(self, instance: Instance) -> int | None:
         return self.context["operation_id"]
+
+    def to_representation(self, instance: Instance) -> dict:
+        return {**super().to_representation(instance), "operation": self.get_operation(instance)}
 
 
 class ServiceFilterSerializer(serializers.Serializer):

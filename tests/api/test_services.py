@@ -1,11 +1,16 @@
 """POST/GET services: ordering, idempotency by external_id, reads, lists, other customers."""
 
+import json
 import threading
+from datetime import UTC, datetime
 
 import pytest
 from django.db import connection
+from rest_framework import serializers
+from rest_framework.renderers import JSONRenderer
 
 from panel.accounts.models import Customer
+from panel.api.serializers import ServiceSerializer
 from panel.api.services.tokens import create_token
 from panel.instances.models import Instance, Operation
 from panel.instances.services.actions import request_action
@@ -120,15 +125,51 @@ def test_get_returns_the_contract_fields(api, running):
     assert data["ipv4"] == running.ipv4 and data["host"] == running.host.name
 
 
-def test_get_shows_what_the_list_shows_in_two_queries(api, running, django_assert_num_queries):
+def test_get_shows_what_the_list_shows_in_one_query(api, running, django_assert_num_queries):
     """GET reads a lean copy of the service (selectors.read_service); it must not differ."""
     running.customer.external_id = "cust-7"
     running.customer.save()
     listed = api.get(f"/api/v1/services/?external_id={running.external_id}").json()["results"]
-    with django_assert_num_queries(2):  # the service with its host and customer; its addresses
+    with django_assert_num_queries(1):  # the service, its host, customer and addresses
         detail = api.get(f"/api/v1/services/{running.pk}/").json()
     assert [detail] == listed
     assert detail["ipv4"] and detail["host"] and detail["customer_external_id"] == "cust-7"
+
+
+def _as_drf_shows_it(instance: Instance) -> dict:
+    """The service through DRF's own field-by-field serialization, which ServiceSerializer's
+    hand-written to_representation replaces and must equal; as JSON, as a client reads it."""
+    serializer = ServiceSerializer(instance)
+    return json.loads(JSONRenderer().render(serializers.Serializer.to_representation(serializer, instance)))
+
+
+SHAPES = {
+    "running": {},
+    "unplaced": {"host": None, "started_at": None, "state": "pending", "external_id": None},
+    "terminated": {"state": "terminated", "terminated_at": datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC),
+                   "error": "the host is gone"},
+    "application": {"app_command": ["nginx", "-g", "daemon off;"], "suspended_reason": "unpaid"},
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_get_shows_a_service_as_drf_would_and_as_the_list_does(api, customer_api, running, image, shape):
+    changes = dict(SHAPES[shape])
+    if changes.get("host", "kept") is None or changes.get("state") == "terminated":
+        running.ip_addresses.all().delete()
+    if shape == "application":
+        changes["previous_image"] = ImageFactory(name="busybox-old")
+    Instance.objects.filter(pk=running.pk).update(**changes)
+    expected = _as_drf_shows_it(Instance.objects.select_related("host", "customer").get(pk=running.pk))
+    for client in (api, customer_api):
+        detail = client.get(f"/api/v1/services/{running.pk}/").json()
+        listed = client.get(f"/api/v1/services/?external_id={running.external_id}" if changes.get(
+            "external_id", "kept") is not None else "/api/v1/services/").json()["results"]
+        assert detail == expected
+        assert listed == [expected]
+    assert expected["uuid"] == running.uuid.hex and set(expected) >= CONTRACT_FIELDS
+    assert (expected["host"] is None) == (shape == "unplaced")
+    assert bool(expected["ipv4"]) == (shape in ("running", "application"))
 
 
 def test_a_customer_token_sees_its_own_service_and_nobody_elses(customer_api, stranger_api, running):

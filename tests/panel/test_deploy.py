@@ -239,9 +239,12 @@ def test_the_units_commands_run(panel_env, host_env):
     """Every ExecStart, run from this checkout with the example's environment, finds its
     program, its app and its options (each in its own check mode)."""
     web = exec_argv("berth-web.service", panel_env)
-    assert web[:2] == [str(REPO / ".venv/bin/gunicorn"), "panel.wsgi:application"]
-    result = run([*web, "--check-config"], panel_env)  # loads the app, validates the options
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert web[:4] == [str(REPO / ".venv/bin/granian"), "--interface", "wsgi", "panel.wsgi:application"]
+    result = run([*web, "--help"], panel_env)  # click refuses an unknown option before --help
+    assert result.returncode == 0, result.stderr
+    result = run([str(REPO / ".venv/bin/python"), "-c", "from panel.wsgi import application; "
+                  "print(type(application).__name__)"], panel_env)  # the app loads
+    assert result.returncode == 0 and result.stdout.strip() == "WSGIHandler", result.stderr
 
     ws = exec_argv("berth-ws.service", panel_env)
     assert ws[:2] == [str(REPO / ".venv/bin/uvicorn"), "panel.asgi:application"]
@@ -299,9 +302,9 @@ def test_container_driver_takes_the_cgroup_base_from_the_host(host_env):
 def test_nginx_site_matches_the_units():
     site = NGINX_SITE.read_text()
     upstreams = dict(re.findall(r"upstream (\w+) \{\s*server ([\d.:]+);", site))
-    web = " ".join(exec_argv("berth-web.service", {}))
+    web = exec_argv("berth-web.service", {})
     ws = exec_argv("berth-ws.service", {})
-    assert f"--bind {upstreams['berth_http']}" in web
+    assert upstreams["berth_http"] == f"{web[web.index('--host') + 1]}:{web[web.index('--port') + 1]}"
     assert upstreams["berth_ws"] == f"{ws[ws.index('--host') + 1]}:{ws[ws.index('--port') + 1]}"
     # nginx is the trusted proxy the sign-in throttle reads X-Forwarded-For from.
     assert upstreams["berth_http"].split(":")[0] in read_env(PANEL_ENV)["BERTH_TRUSTED_PROXIES"].split(",")
@@ -399,7 +402,8 @@ def test_nginx_in_front_of_the_units_servers(panel_env, tmp_path, transactional_
            "CONN_MAX_AGE": "0"}
     assert run([str(REPO / ".venv/bin/python"), "manage.py", "collectstatic", "--noinput", "-v", "0"],
                env, timeout=300).returncode == 0
-    web = [a.replace("127.0.0.1:8000", f"127.0.0.1:{web_port}") for a in exec_argv("berth-web.service", env)]
+    web = exec_argv("berth-web.service", env)
+    web[web.index("--port") + 1] = str(web_port)
     ws = exec_argv("berth-ws.service", env)
     ws[ws.index("--port") + 1] = str(ws_port)
     nginx_dir = tmp_path / "nginx"

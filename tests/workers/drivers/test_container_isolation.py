@@ -247,3 +247,44 @@ def test_firewall_rules_are_whole_for_a_new_group_a_shared_group_and_over_leftov
             firewall.remove_port(host, port)
     table = _host("nft", "list", "table", "bridge", firewall.table_name(host))
     assert "bvtestfw" not in table and firewall.group_chain("fw-test-group") not in table
+
+
+def test_removing_the_last_port_of_a_group_while_another_joins_it_keeps_the_group(ct_driver, monkeypatch):
+    """remove_port decides from a listing whether the group goes with the port; a port of the
+    same group added between that listing and the removal (another container's create) makes
+    nftables refuse the group's deletion (EBUSY). Seen once in the soak as a failed reboot."""
+    from workers.drivers.base import NetworkSpec
+    from workers.drivers.container import firewall
+
+    host = ct_driver.host
+    net = host.gateway.rsplit(".", 1)[0]
+
+    def spec(n: int) -> NetworkSpec:
+        return NetworkSpec(address=f"{net}.{210 + n}", prefixlen=24, gateway=host.gateway,
+                           mac=f"02:fe:00:00:01:{n:02x}", bridge=host.bridge)
+
+    leaving, joining, group = "bvtestrace01", "bvtestrace02", "fw-race-group"
+    listing = firewall._table
+    joined = []
+
+    def list_then_someone_joins(host_cfg):
+        objects = listing(host_cfg)
+        if not joined:  # right after remove_port's first listing
+            joined.append(True)
+            firewall.add_port(host, joining, spec(2), group)
+        return objects
+
+    try:
+        firewall.add_port(host, leaving, spec(1), group)
+        monkeypatch.setattr(firewall, "_table", list_then_someone_joins)
+        firewall.remove_port(host, leaving)
+        monkeypatch.setattr(firewall, "_table", listing)
+        table = _host("nft", "list", "table", "bridge", firewall.table_name(host))
+        assert joined and f"ct_{leaving}" not in table and f'"{leaving}"' not in table
+        assert f"chain {firewall.group_chain(group)} {{" in table
+        assert f'"{joining}" : jump {firewall.group_chain(group)}' in table
+    finally:
+        monkeypatch.setattr(firewall, "_table", listing)
+        for port in (leaving, joining):
+            firewall.remove_port(host, port)
+    assert "bvtestrace" not in _host("nft", "list", "table", "bridge", firewall.table_name(host))

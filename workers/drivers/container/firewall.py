@@ -206,11 +206,29 @@ add element {t} groupof {{ "{ifname}" : jump {g} }}
     _nft(script + elements, f"cannot install the firewall rules of {ifname}")
 
 
+REMOVE_ATTEMPTS = 3
+
+
 def remove_port(host: HostConfig, ifname: str) -> None:
-    """Remove a port's rules, and its group's chain and set once empty. Idempotent."""
+    """Remove a port's rules, and its group's chain and set once empty. Idempotent.
+
+    Decided from a listing, so another container's port added to the same group in between
+    (its own create, or start) makes the group's deletion fail: nftables refuses to delete a
+    chain a map still jumps to (EBUSY), and the transaction changes nothing. It is then
+    decided again from a fresh listing, where the group is in use and stays."""
+    for _attempt in range(REMOVE_ATTEMPTS - 1):
+        script = _removal_script(host, ifname)
+        if not script or _run(script)[0] == 0:
+            return
+    script = _removal_script(host, ifname)
+    if script:
+        _nft(script, f"cannot remove the firewall rules of {ifname}")
+
+
+def _removal_script(host: HostConfig, ifname: str) -> str:
     objects = _table(host)
     if objects is None:
-        return
+        return ""
     t, chain = f"bridge {table_name(host)}", f"ct_{ifname}"
     maps, sets, chains = {}, {}, set()
     for obj in objects.get("nftables", []):
@@ -232,8 +250,7 @@ def remove_port(host: HostConfig, ifname: str) -> None:
                 lines += [f"delete chain {t} {name}", f"delete set {t} {name}"]
     if chain in chains:
         lines.append(f"delete chain {t} {chain}")
-    if lines:
-        _nft("\n".join(lines) + "\n", f"cannot remove the firewall rules of {ifname}")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def port_chains(host: HostConfig) -> list[str]:

@@ -40,7 +40,7 @@ def sent_tasks(monkeypatch):
     sent = []
 
     def send_task(name, args=None, kwargs=None, queue=None, **options):
-        sent.append({"name": name, "kwargs": kwargs or {}, "queue": queue})
+        sent.append({"name": name, "args": list(args or []), "kwargs": kwargs or {}, "queue": queue})
 
     from panel.instances import dispatch
 

@@ -35,6 +35,11 @@ class WebhookDelivery(models.Model):
 
     endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
     event = models.CharField(max_length=60)
+    # Not a foreign key: a delivery is the record of what was sent, whatever becomes of the row.
+    service_id = models.BigIntegerField(
+        null=True, blank=True,
+        help_text="The service the event is about: its deliveries reach each endpoint in order.",
+    )
     payload = models.JSONField()
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
@@ -48,7 +53,14 @@ class WebhookDelivery(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "webhook deliveries"
-        indexes = [models.Index(fields=["status", "next_attempt_at"])]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"]),
+            # "Is an earlier delivery about this service still on its way to this endpoint?"
+            models.Index(
+                fields=["endpoint", "service_id", "id"], name="webhook_pending_per_service",
+                condition=models.Q(status="pending"),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event} → {self.endpoint} ({self.status})"

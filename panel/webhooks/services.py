@@ -6,6 +6,12 @@ attempt is retried with exponential backoff up to BERTH_WEBHOOK_MAX_ATTEMPTS; a 
 re-sends any delivery whose task was lost. Each attempt first claims the delivery with a
 short lease, so the task and the sweep never send the same attempt twice. A slow or failing
 receiver only ever holds a panel worker for the HTTP timeout, never a request or a lock.
+
+Deliveries about one service reach an endpoint in the order the changes happened: a delivery
+is not attempted while an earlier one about the same service to the same endpoint is pending
+(sending, or waiting for its retry), and the earlier one, once delivered or given up on, queues
+the next. Without this the panel worker's processes raced: a receiver saw "running" before
+"provisioning" and was left believing the service was still being set up.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from panel.webhooks.models import WebhookDelivery, WebhookEndpoint
@@ -34,6 +41,15 @@ DELIVER_TASK = "berth.panel.deliver_webhook"
 RESPONSE_BODY_KEEP = 2000
 SWEEP_BATCH = 500
 Status = WebhookDelivery.Status
+
+
+def _earlier_pending():
+    """An Exists() for "an earlier delivery about the same service to the same endpoint is
+    still pending"; deliveries that are about no service are never held back."""
+    return Exists(WebhookDelivery.objects.filter(
+        endpoint_id=OuterRef("endpoint_id"), service_id=OuterRef("service_id"),
+        status=Status.PENDING, pk__lt=OuterRef("pk"),
+    ))
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -83,7 +99,10 @@ def enqueue_state_change(instance, *, previous_state: str | None) -> list[Webhoo
         "at": now.isoformat(),
     }
     deliveries = WebhookDelivery.objects.bulk_create(
-        WebhookDelivery(endpoint_id=pk, event=STATE_CHANGED, payload=payload, next_attempt_at=now)
+        WebhookDelivery(
+            endpoint_id=pk, event=STATE_CHANGED, service_id=instance.pk, payload=payload,
+            next_attempt_at=now,
+        )
         for pk in endpoints
     )
     ids = [d.pk for d in deliveries]
@@ -111,12 +130,14 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, s
 
 
 def attempt_delivery(*, delivery_id: int) -> WebhookDelivery | None:
-    """One attempt, if the delivery is due and nobody else is sending it; None otherwise."""
+    """One attempt, if the delivery is due, nobody else is sending it and nothing earlier about
+    its service waits for the same endpoint; None otherwise."""
     now = timezone.now()
     lease = timedelta(seconds=settings.BERTH_WEBHOOK_TIMEOUT + 30)
     claimed = WebhookDelivery.objects.filter(
         # A second of slack: a countdown task may wake a hair before the time it was set for.
-        pk=delivery_id, status=Status.PENDING, next_attempt_at__lte=now + timedelta(seconds=1)
+        ~_earlier_pending(),
+        pk=delivery_id, status=Status.PENDING, next_attempt_at__lte=now + timedelta(seconds=1),
     ).update(next_attempt_at=now + lease)
     if not claimed:
         return None
@@ -150,7 +171,24 @@ def attempt_delivery(*, delivery_id: int) -> WebhookDelivery | None:
         "attempts", "status", "response_code", "response_body", "last_error", "next_attempt_at",
         "delivered_at",
     ])
+    if delivery.status != Status.PENDING:
+        transaction.on_commit(lambda: _send_next(delivery))
     return delivery
+
+
+def _send_next(delivery: WebhookDelivery) -> None:
+    """Queue the delivery that waited for ``delivery`` (the next about its service to its
+    endpoint). Its own task may have come and gone while this one was pending."""
+    if delivery.service_id is None:
+        return
+    waiting = (
+        WebhookDelivery.objects.filter(
+            endpoint_id=delivery.endpoint_id, service_id=delivery.service_id,
+            status=Status.PENDING, pk__gt=delivery.pk,
+        ).order_by("pk").values_list("pk", flat=True).first()
+    )
+    if waiting is not None:
+        _send_task(waiting)
 
 
 def retry_now(*, delivery: WebhookDelivery) -> None:
@@ -162,9 +200,12 @@ def retry_now(*, delivery: WebhookDelivery) -> None:
 
 
 def send_due_deliveries() -> int:
-    """The beat sweep: queue every delivery that is due (its task was lost, or it is late)."""
+    """The beat sweep: queue every delivery that is due (its task was lost, or it is late) and
+    not waiting behind an earlier one."""
     due = list(
-        WebhookDelivery.objects.filter(status=Status.PENDING, next_attempt_at__lte=timezone.now())
+        WebhookDelivery.objects.filter(
+            ~_earlier_pending(), status=Status.PENDING, next_attempt_at__lte=timezone.now()
+        )
         .order_by("next_attempt_at").values_list("pk", flat=True)[:SWEEP_BATCH]
     )
     for pk in due:

@@ -1,5 +1,6 @@
 """The API on SQLite, `make run`'s database: GET a service reads it with hand-written SQL
-(panel/api/selectors.read_service), which must answer there as on PostgreSQL."""
+(panel/api/selectors.read_service), and webhook deliveries are claimed with a correlated
+subquery in an UPDATE; both must work there as on PostgreSQL."""
 
 import json
 import os
@@ -37,7 +38,34 @@ print("RESULT " + json.dumps(reads))
 """
 
 
-def test_get_a_service_on_sqlite(tmp_path):
+# Two state changes of one service for an endpoint that was switched off: the later delivery
+# waits for the earlier one, which is given up on at once and lets it go.
+WEBHOOK_SCRIPT = """
+import json
+from panel.instances import dispatch
+from panel.instances.models import InstanceState
+from panel.instances.services.ordering import order_instance
+from panel.instances.states import transition
+from panel.webhooks import services
+from panel.webhooks.models import WebhookDelivery, WebhookEndpoint
+from tests.factories import CustomerFactory, HostFactory, ImageFactory, PlanFactory
+
+dispatch.celery_app.send_task = lambda *args, **kwargs: None
+HostFactory()
+endpoint = WebhookEndpoint.objects.create(url="http://127.0.0.1:9/hook")
+service = order_instance(customer=CustomerFactory(), plan=PlanFactory(), image=ImageFactory(), hostname="web")
+transition(service.pk, InstanceState.PROVISIONING)
+WebhookEndpoint.objects.update(is_active=False)
+first, second = WebhookDelivery.objects.order_by("pk")
+steps = [services.attempt_delivery(delivery_id=second.pk) is None]
+steps.append(services.attempt_delivery(delivery_id=first.pk).status)
+steps.append(services.attempt_delivery(delivery_id=second.pk).status)
+steps.append(services.send_due_deliveries())
+print("RESULT " + json.dumps(steps))
+"""
+
+
+def _sqlite_shell(tmp_path, script: str):
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'berth.sqlite3'}",
@@ -47,10 +75,18 @@ def test_get_a_service_on_sqlite(tmp_path):
     migrate = subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=300)
     assert migrate.returncode == 0, migrate.stderr
-    shell = subprocess.run([sys.executable, "manage.py", "shell", "-c", SCRIPT], cwd=REPO, env=env,
+    shell = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=120)
     assert shell.returncode == 0, shell.stderr
-    reads = json.loads(shell.stdout.split("RESULT ", 1)[1])
+    return json.loads(shell.stdout.split("RESULT ", 1)[1])
+
+
+def test_webhook_deliveries_go_in_order_on_sqlite(tmp_path):
+    assert _sqlite_shell(tmp_path, WEBHOOK_SCRIPT) == [True, "failed", "failed", 0]
+
+
+def test_get_a_service_on_sqlite(tmp_path):
+    reads = _sqlite_shell(tmp_path, SCRIPT)
     for scope in ("billing", "customer"):
         detail = reads[scope]["detail"]
         assert reads[scope]["list"] == [detail]

@@ -1,5 +1,6 @@
 """Webhooks: a delivery per endpoint on each state change, signed, retried with backoff, given
-up on after the last attempt, never sent twice at once, and visible to the admin."""
+up on after the last attempt, never sent twice at once, in order per service and endpoint, and
+visible to the admin."""
 
 import hashlib
 import hmac
@@ -162,6 +163,83 @@ def test_the_sweep_requeues_due_deliveries(running, sent_tasks):
     assert sent_tasks[-1]["name"] == "berth.panel.deliver_webhook"
     WebhookDelivery.objects.filter(pk=delivery.pk).update(status=Status.DELIVERED)
     assert services.send_due_deliveries() == 0
+
+
+def _states(hook):
+    return [json.loads(body)["service"]["state"] for _, body in hook.requests]
+
+
+def test_a_later_change_waits_for_the_earlier_one_to_reach_the_endpoint(
+    running, receiver, sent_tasks, django_capture_on_commit_callbacks
+):
+    """The panel worker's processes take deliveries in any order; the receiver still sees
+    stopped before running (a CI run once saw "running" arrive before "provisioning")."""
+    hook = receiver()
+    WebhookEndpointFactory(url=hook.url)
+    transition(running.pk, InstanceState.STOPPED)
+    transition(running.pk, InstanceState.RUNNING)
+    stopped, started = WebhookDelivery.objects.order_by("pk")
+    assert stopped.service_id == started.service_id == running.pk
+
+    assert services.attempt_delivery(delivery_id=started.pk) is None  # its task came first
+    assert hook.requests == []
+    sent_tasks.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        services.attempt_delivery(delivery_id=stopped.pk)
+    assert [t["args"] for t in sent_tasks] == [[started.pk]]  # the one that waited is queued
+    services.attempt_delivery(delivery_id=started.pk)
+    assert _states(hook) == ["stopped", "running"]
+    assert set(WebhookDelivery.objects.values_list("status", flat=True)) == {Status.DELIVERED}
+
+
+def test_a_change_waits_while_the_earlier_one_is_retried_and_goes_once_it_is_given_up(
+    running, receiver, sent_tasks, settings, django_capture_on_commit_callbacks
+):
+    settings.BERTH_WEBHOOK_MAX_ATTEMPTS = 2
+    hook = receiver(status=500)
+    WebhookEndpointFactory(url=hook.url)
+    transition(running.pk, InstanceState.STOPPED)
+    transition(running.pk, InstanceState.RUNNING)
+    stopped, started = WebhookDelivery.objects.order_by("pk")
+    services.attempt_delivery(delivery_id=stopped.pk)  # fails: retried later
+    WebhookDelivery.objects.filter(pk__in=[stopped.pk, started.pk]).update(next_attempt_at=timezone.now())
+    assert services.attempt_delivery(delivery_id=started.pk) is None
+    assert services.send_due_deliveries() == 1 and sent_tasks[-1]["args"] == [stopped.pk]
+
+    hook.status = 200
+    with django_capture_on_commit_callbacks(execute=True):
+        WebhookDelivery.objects.filter(pk=stopped.pk).update(next_attempt_at=timezone.now())
+        hook.status = 500
+        services.attempt_delivery(delivery_id=stopped.pk)  # the last attempt fails too: given up
+    stopped.refresh_from_db()
+    assert stopped.status == Status.FAILED and sent_tasks[-1]["args"] == [started.pk]
+    hook.status = 200
+    assert services.attempt_delivery(delivery_id=started.pk).status == Status.DELIVERED
+    assert _states(hook) == ["stopped", "stopped", "running"]
+
+
+def test_a_failing_endpoint_or_another_service_holds_nothing_else_back(
+    running, customer, plan, image, host, receiver, sent_tasks
+):
+    from panel.instances.services.ordering import order_instance
+
+    broken, working = receiver(status=500), receiver()
+    WebhookEndpointFactory(url=broken.url)
+    good = WebhookEndpointFactory(url=working.url)
+    transition(running.pk, InstanceState.STOPPED)
+    other = order_instance(customer=customer, plan=plan, image=image, hostname="other")
+    transition(other.pk, InstanceState.PROVISIONING)
+    for delivery in WebhookDelivery.objects.filter(endpoint__url=broken.url).order_by("pk"):
+        services.attempt_delivery(delivery_id=delivery.pk)  # fail (or wait) for a retry
+    transition(running.pk, InstanceState.RUNNING)
+    for delivery in WebhookDelivery.objects.filter(endpoint=good).order_by("pk"):
+        assert services.attempt_delivery(delivery_id=delivery.pk).status == Status.DELIVERED
+    assert [(json.loads(b)["service"]["id"], json.loads(b)["service"]["state"]) for _, b in working.requests] == [
+        (running.pk, "stopped"), (other.pk, "pending"), (other.pk, "provisioning"), (running.pk, "running"),
+    ]
+    assert [d["service"]["state"] for d in WebhookDelivery.objects.filter(
+        endpoint__url=broken.url, status=Status.PENDING).order_by("pk").values_list("payload", flat=True)
+    ] == ["stopped", "pending", "provisioning", "running"]
 
 
 def test_admins_see_deliveries_and_responses(admin_client, running, receiver, sent_tasks):

@@ -40,7 +40,9 @@ def sent_tasks(monkeypatch):
     sent = []
 
     def send_task(name, args=None, kwargs=None, queue=None, **options):
-        sent.append({"name": name, "args": list(args or []), "kwargs": kwargs or {}, "queue": queue})
+        sent.append({"name": name, "kwargs": kwargs or {}, "queue": queue})
+        if args:
+            sent[-1]["args"] = list(args)
 
     from panel.instances import dispatch
 

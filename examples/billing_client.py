@@ -105,6 +105,9 @@ class WebhookReceiver:
         self.secret = secret.encode()
         self.events: queue.Queue[dict] = queue.Queue()
         self.rejected = 0
+        # A retry after a lost answer sends an event again: its "id" says it is the same one.
+        self.event_ids: set[str] = set()
+        self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -115,7 +118,12 @@ class WebhookReceiver:
                     self.send_response(401)
                     self.end_headers()
                     return
-                receiver.events.put(json.loads(body))
+                event = json.loads(body)
+                with receiver.lock:
+                    fresh = event.get("id") not in receiver.event_ids
+                    receiver.event_ids.add(event.get("id"))
+                if fresh:
+                    receiver.events.put(event)
                 self.send_response(204)
                 self.end_headers()
 
@@ -132,7 +140,8 @@ class WebhookReceiver:
         return hmac.compare_digest(expected, signature)
 
     def wait_for_state(self, service_id: int, state: str, timeout: float = 60) -> list[str]:
-        """Block until a webhook says the service reached ``state``; the states seen on the way."""
+        """Block until a webhook says the service reached ``state``; the states seen on the way
+        (Berth sends one service's changes to a receiver in the order they happened)."""
         seen: list[str] = []
         deadline = time.monotonic() + timeout
         while True:

@@ -47,8 +47,9 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
 
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(admin.ModelAdmin):
-    list_display = ("id", "event", "endpoint", "status", "attempts", "response_code", "created_at",
-                    "delivered_at", "next_attempt_at")
+    list_display = ("id", "event", "service_id", "endpoint", "status", "attempts", "response_code",
+                    "created_at", "delivered_at", "next_attempt_at")
+    search_fields = ("=service_id",)
     list_filter = ("status", "endpoint", "event")
     readonly_fields = [f.name for f in WebhookDelivery._meta.fields]
     actions = ["send_again"]

@@ -250,6 +250,11 @@ def test_admins_see_deliveries_and_responses(admin_client, running, receiver, se
     services.attempt_delivery(delivery_id=delivery.pk)
     listing = admin_client.get("/admin/webhooks/webhookdelivery/")
     assert listing.status_code == 200 and b"503" in listing.content
+    found = admin_client.get("/admin/webhooks/webhookdelivery/", {"q": str(running.pk)})
+    assert found.status_code == 200 and found.context["cl"].result_count == 1
+    assert admin_client.get("/admin/webhooks/webhookdelivery/", {"q": "not a number"}).status_code == 200
+    none = admin_client.get("/admin/webhooks/webhookdelivery/", {"q": str(running.pk + 1)})
+    assert none.context["cl"].result_count == 0
     detail = admin_client.get(f"/admin/webhooks/webhookdelivery/{delivery.pk}/change/")
     assert b"broken" in detail.content
     response = admin_client.post("/admin/webhooks/webhookdelivery/",

@@ -95,6 +95,21 @@ class ConsoleClient:
         echoed = text.rfind(f"echo @@{nonce}$((6*7))@@")
         return text[echoed:].split("\n", 1)[-1] if echoed >= 0 else text
 
+    def wait_for_shell(self, timeout: float) -> None:
+        """Type a probe until a shell runs it whole. A new viewer gets the scrollback first, so
+        a prompt in it may be an earlier boot's; and what is typed while a guest boots is
+        partly lost (a full CI run saw "ech" of a command vanish after a restore's reboot)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no shell ran a probe in {timeout} s; got {self.buffer[-500:]!r}")
+            try:
+                if "shell2ready" in self.run("echo shell$((1+1))ready", timeout=min(10.0, left)):
+                    return
+            except TimeoutError:
+                continue
+
     def close(self) -> None:
         self.ws.close()
 
